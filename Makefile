@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,dask,onnx,cloudinary,zarr
+EXTRAS ?= dev,dask,onnx,tflite,cloudinary,zarr
 
 .PHONY: demo test lint venv clean
 
