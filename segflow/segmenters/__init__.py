@@ -18,7 +18,16 @@ __all__ = ["Segmentation", "Segmenter", "available", "create", "get_class", "reg
 _REGISTRY: dict[str, type[Segmenter]] = {}
 
 # name -> module that registers it; imported on first use because it needs optional packages.
-_LAZY_MODULES: dict[str, str] = {}
+_LAZY_MODULES: dict[str, str] = {
+    "onnx": "segflow.segmenters.onnx",
+    "bioimageio": "segflow.segmenters.bioimageio",
+    "tflite": "segflow.segmenters.tflite",
+    "cloudinary": "segflow.segmenters.cloudinary",
+    "nuclei": "segflow.segmenters.nuclei",
+    "unet": "segflow.segmenters.torch_unet",
+    "maskrcnn": "segflow.segmenters.maskrcnn",
+    "transformers": "segflow.segmenters.hf",
+}
 
 _EAGER_MODULES = ("segflow.segmenters.classic",)
 
