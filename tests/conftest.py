@@ -21,7 +21,9 @@ def shared_path(*parts: str) -> Path:
     """Path under ``../shared``; skips the calling test with the reason when it is absent."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real data not available: {path} is absent (it lives in ../shared beside the project)")
+        pytest.skip(
+            f"real data not available: {path} is absent (it lives in ../shared beside the project)"
+        )
     return path
 
 

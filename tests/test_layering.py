@@ -26,7 +26,9 @@ def _imported_top_modules(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "path", sorted(p for p in CORE.rglob("*.py") if p.name != "cli.py"), ids=lambda p: str(p.relative_to(ROOT))
+    "path",
+    sorted(p for p in CORE.rglob("*.py") if p.name != "cli.py"),
+    ids=lambda p: str(p.relative_to(ROOT)),
 )
 def test_core_module_imports_no_prefect(path: Path) -> None:
     bad = _imported_top_modules(path) & set(FORBIDDEN)
@@ -41,7 +43,16 @@ def test_ruff_rule_rejects_prefect_import_in_core(tmp_path: Path) -> None:
     (pkg / "ruff.toml").write_text((CORE / "ruff.toml").read_text())
     (pkg / "bad.py").write_text("from prefect import flow\n\nflow = flow\n")
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--no-cache", "--select", "TID251", str(pkg / "bad.py")],
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--no-cache",
+            "--select",
+            "TID251",
+            str(pkg / "bad.py"),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

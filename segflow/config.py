@@ -1,0 +1,348 @@
+"""Typed run configuration: the one parameter of the ``segment_batch`` flow.
+
+:class:`RunConfig` is a pydantic model, so the Prefect UI renders it as a form and validates it,
+and the CLI builds it from its arguments. :meth:`RunConfig.config_hash` identifies everything that
+changes a result (segmenter, its parameters, tiling, preprocessing, ground-truth reading, segflow's
+major version); together with an image's sha256 it is the store's idempotence key. Where the
+input lives, where the output goes, chunking and forcing do not change results and are left out.
+
+The core never holds untyped ``params: dict`` objects: segmenter parameters are a mapping of
+scalars validated here and become keyword arguments only in :meth:`RunConfig.create_segmenter`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+
+import segflow
+from segflow import segmenters
+from segflow.io import DEFAULT_MAX_PIXELS
+from segflow.large import DEFAULT_LARGE_PIXELS
+from segflow.segmenters.base import Segmenter
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_EXTENSIONS",
+    "PREPROCESS_ID",
+    "RunConfig",
+    "Scalar",
+    "apply_thread_limits",
+    "default_workers",
+    "parse_scalar",
+    "parse_set",
+]
+
+logger = logging.getLogger(__name__)
+
+#: A segmenter parameter value: JSON scalars only (strict, so ``"3"`` stays a string).
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
+
+#: Images per task run, chosen by measurement (``benchmarks/pipeline.py --chunk-sweep``: 64 Otsu
+#: images of 1024x1024, 2 workers, shared 2-core machine): 1 -> 201 ms/image (69 task runs),
+#: 2 -> 209, 4 -> 165, 8 -> 151 (13 task runs), 16 -> 159, 32 -> 231 (too few chunks to keep the
+#: workers busy at the end). Eight images amortise the per-task-run bookkeeping and keep the rows
+#: in flight small.
+DEFAULT_CHUNK_SIZE = 8
+
+DEFAULT_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+#: Identifies the preprocessing step (``segflow.preprocess.to_float_chw``) in the config hash;
+#: bump it when that step changes its output.
+PREPROCESS_ID = "to_float_chw/1"
+
+
+def _major_version() -> str:
+    return segflow.__version__.split(".")[0]
+
+
+class RunConfig(BaseModel):
+    """Everything one ``segment_batch`` run needs.
+
+    Attributes
+    ----------
+    input : str
+        Folder or fsspec URL (``file://``, ``memory://``, ``s3://`` with s3fs) of the images.
+    out : str
+        Local folder of the Parquet store (``metrics/``, ``masks/``, ``errors/``, ``runs/``)
+        and ``overlays/``.
+    segmenter : str
+        Registered segmenter name (``segflow.segmenters.available()``).
+    segmenter_params : dict[str, bool | int | float | str]
+        Keyword arguments of the segmenter.
+    ground_truth : str or None
+        Folder or URL of label images matching the images' relative paths by stem.
+    gt_format : "binary" | "instances" | "classes"
+        How label images are read: non-zero = foreground; each non-zero id one object;
+        the value is the class id.
+    tile, overlap, blend, batch_size
+        Tiled inference: tile side, overlap in pixels, blending of overlapping tiles, tiles per
+        segmenter call.
+    chunk_size : int
+        Images per task run.
+    max_in_flight : int or None
+        Chunks submitted and not yet collected (backpressure); ``None`` = 2 x workers.
+    force : bool
+        Recompute images already in the store for this config (adds rows beside the old ones).
+    retry_errors : bool
+        Retry images that failed before with this config (by default a file whose bytes already
+        failed is skipped like a done one, so a rerun adds no rows).
+    extensions : tuple[str, ...]
+        File name endings listed as images (case-insensitive).
+    max_pixels : int
+        Decompression-bomb guard: images whose header claims more pixels are refused.
+    write_overlays : bool
+        Write ``OUT/overlays/<image_id>.png`` for images with ground truth.
+    fail_on_error : bool
+        Mark the run failed when any image went to ``errors``.
+    recursive : bool
+        List sub-folders too.
+    large_image : "auto" | "always" | "never"
+        Scale options (issue 7; none changes a result, so none is hashed). TIFF files and Zarr
+        stores above ``large_image_pixels`` (or above ``max_pixels``) are segmented streamed by
+        window (``segflow.large``), in memory bounded by width x tile; ``always`` streams every
+        TIFF, ``never`` none (then TIFFs above ``max_pixels`` are refused).
+    large_image_pixels : int
+        Size above which TIFF/Zarr images stream with ``large_image="auto"`` (default 64 MP).
+    task_runner : "threads" | "dask"
+        Where chunks run: a thread pool in the flow's process, or a Dask cluster (needs a Prefect
+        API server; see docs/scaling.md).
+    dask_address : str or None
+        ``tcp://host:8786`` of an existing Dask scheduler; None starts a local cluster.
+    dask_workers : int or None
+        Worker processes of the local Dask cluster (default: the CPUs available).
+    shard_index, shard_count : int or None, int
+        Process only the images of shard ``shard_index`` of ``shard_count`` (a stable hash of the
+        relative path; ``segflow.shard``): set by ``segment_sharded`` for its child runs.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: str = Field(min_length=1)
+    out: str = Field(min_length=1)
+    segmenter: str = "otsu"
+    segmenter_params: dict[str, Scalar] = Field(default_factory=dict)
+    ground_truth: str | None = None
+    gt_format: Literal["binary", "instances", "classes"] = "binary"
+    tile: int = Field(default=512, ge=16, le=16384)
+    overlap: int = Field(default=64, ge=0)
+    blend: Literal["constant", "linear", "gaussian"] = "gaussian"
+    batch_size: int = Field(default=8, ge=1, le=4096)
+    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1, le=10_000)
+    max_in_flight: int | None = Field(default=None, ge=1, le=10_000)
+    force: bool = False
+    retry_errors: bool = False
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+    write_overlays: bool = True
+    fail_on_error: bool = False
+    recursive: bool = True
+    # -- scale (issue 7): large images, task runners, shards; not hashed ----------------------
+    large_image: Literal["auto", "always", "never"] = "auto"
+    large_image_pixels: int = Field(default=DEFAULT_LARGE_PIXELS, ge=1)
+    task_runner: Literal["threads", "dask"] = "threads"
+    dask_address: str | None = Field(default=None, pattern=r"^(tcp|tls|inproc|ucx)://.+")
+    dask_workers: int | None = Field(default=None, ge=1, le=1024)
+    shard_index: int | None = Field(default=None, ge=0)
+    shard_count: int = Field(default=1, ge=1, le=100_000)
+
+    @field_validator("segmenter")
+    @classmethod
+    def _known_segmenter(cls, name: str) -> str:
+        names = segmenters.available()
+        if name not in names:
+            raise ValueError(
+                f"unknown segmenter {name!r}; available segmenters are: {', '.join(names)}"
+            )
+        return name
+
+    @field_validator("extensions")
+    @classmethod
+    def _normalise_extensions(cls, exts: tuple[str, ...]) -> tuple[str, ...]:
+        if not exts:
+            raise ValueError("extensions must name at least one file ending, e.g. ('.png',)")
+        out = []
+        for ext in exts:
+            e = ext.strip().lower()
+            if not e:
+                raise ValueError(f"empty extension in {exts!r}; give endings such as '.png'")
+            out.append(e if e.startswith(".") else "." + e)
+        return tuple(dict.fromkeys(out))
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> RunConfig:
+        if self.shard_index is not None and self.shard_index >= self.shard_count:
+            raise ValueError(
+                f"shard_index must be in [0, shard_count={self.shard_count}), got {self.shard_index}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> RunConfig:
+        if self.overlap >= self.tile:
+            raise ValueError(f"overlap must be >= 0 and < tile ({self.tile}), got {self.overlap}")
+        return self
+
+    # -- derived values -------------------------------------------------------------------
+
+    def effective_segmenter_params(self) -> dict[str, Any]:
+        """The segmenter's keyword defaults (JSON scalars) overridden by ``segmenter_params``.
+
+        Giving a parameter its default value therefore hashes like leaving it out. Segmenters
+        whose optional packages are missing hash on the given parameters only.
+        """
+        params: dict[str, Any] = {}
+        try:
+            cls = segmenters.get_class(self.segmenter)
+        except (ImportError, ValueError):
+            cls = None
+        # base classes first, so a subclass's own default wins (``**options`` pass-through)
+        for klass in reversed(cls.__mro__ if cls is not None else ()):
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            try:
+                sig = inspect.signature(init)
+            except (TypeError, ValueError):
+                continue
+            for p in sig.parameters.values():
+                if p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) or p.name == "self":
+                    continue
+                if p.default is p.empty:
+                    continue
+                if p.default is None or isinstance(p.default, bool | int | float | str):
+                    params[p.name] = p.default
+        for key, value in self.segmenter_params.items():
+            default = params.get(key)
+            # 1 and 1.0 are the same setting of a float parameter: hash them alike
+            if (
+                isinstance(default, float)
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+            ):
+                value = float(value)
+            params[key] = value
+        return params
+
+    def hashed_fields(self) -> dict[str, Any]:
+        """The canonical description of the computation that :meth:`config_hash` digests."""
+        params = self.effective_segmenter_params()
+        return {
+            "segflow_major": _major_version(),
+            "segmenter": self.segmenter,
+            "segmenter_params": {k: params[k] for k in sorted(params)},
+            "tile": self.tile,
+            "overlap": self.overlap,
+            "blend": self.blend,
+            "preprocess": PREPROCESS_ID,
+            # the metrics row depends on whether and how ground truth is read
+            "gt_format": self.gt_format if self.ground_truth else None,
+        }
+
+    def config_hash(self) -> str:
+        """Stable hash of :meth:`hashed_fields`: ``"c"`` + 16 hex digits of sha256 of sorted JSON.
+
+        The leading letter keeps the value a string in hive partition folders (a bare hex digest
+        such as ``"1234e567..."`` would be read back as a number; see ``segflow.store``).
+        """
+        text = json.dumps(self.hashed_fields(), sort_keys=True, separators=(",", ":"))
+        return "c" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def in_flight(self, workers: int) -> int:
+        """Chunks allowed in flight for ``workers`` worker threads."""
+        return self.max_in_flight if self.max_in_flight is not None else max(2, 2 * workers)
+
+    def create_segmenter(self) -> Segmenter:
+        """A fresh segmenter instance (one per chunk: ``fit`` keeps per-image state)."""
+        return segmenters.create(self.segmenter, **dict(self.segmenter_params))
+
+
+# -- command-line helpers ------------------------------------------------------------------
+
+
+def parse_scalar(text: str) -> bool | int | float | str:
+    """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"``/``"false"`` -> bool, anything else -> str."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)  # type: ignore[operator]
+        except ValueError:
+            pass
+    return text
+
+
+def parse_set(items: Iterable[str]) -> dict[str, bool | int | float | str]:
+    """Parse ``key=value`` strings (the CLI's ``--set``) into typed scalars."""
+    out: dict[str, bool | int | float | str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(
+                f"--set expects key=value with a Python identifier as key, got {item!r}"
+            )
+        out[key] = parse_scalar(value)
+    return out
+
+
+# -- threads -----------------------------------------------------------------------------------
+
+
+def default_workers() -> int:
+    """Worker threads for the task runner: the CPUs this process may use (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def apply_thread_limits(threads: int = 1) -> dict[str, int]:
+    """Cap BLAS/OpenMP, OpenCV and (when already imported) torch threads at ``threads``.
+
+    The pipeline parallelises over images with worker threads; letting every numeric library
+    also spawn one thread per core oversubscribes small machines badly (see STACK-NOTES). Sets
+    process-wide limits and returns what it set. Environment variables only help libraries not yet
+    loaded; threadpoolctl changes loaded BLAS/OpenMP pools too.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    done: dict[str, int] = {}
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads)
+        done["blas_openmp"] = threads
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn/scipy stacks
+        logger.debug("threadpoolctl missing: BLAS threads left as configured by the environment")
+    import cv2
+
+    cv2.setNumThreads(threads)
+    done["opencv"] = threads
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+        done["torch"] = threads
+    return done

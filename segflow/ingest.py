@@ -1,0 +1,273 @@
+"""Find images and their ground truth in a local folder or any fsspec URL.
+
+* :func:`list_images` walks a folder (``/data/x``, ``file:///data/x``, ``memory://x``, ``s3://b/p``
+  when s3fs is installed), recursively by default, and keeps files whose name ends with one of the
+  extensions (case-insensitive). Hidden files and folders (name starting with ``.``) are skipped.
+  Items are sorted by relative path, so listings are reproducible.
+* An image's identity is the sha256 of its bytes (:func:`hash_items`), so renaming or moving a
+  file does not make it new, and changing its bytes does.
+* :func:`pair_ground_truth` matches each image with the label image of the same relative path
+  without extension (``a/b.jpg`` pairs with ``a/b.png`` or ``a/b.tif``) in a ground-truth folder.
+* :func:`read_ground_truth` reads a label image (0 = background) as ``binary`` (non-zero is
+  foreground), ``instances`` (each non-zero id is one object) or ``classes`` (the value is the class).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import fsspec
+import numpy as np
+
+from segflow.io import DEFAULT_MAX_PIXELS, read_labels
+
+__all__ = [
+    "GtFormat",
+    "ImageItem",
+    "hash_items",
+    "list_images",
+    "pair_ground_truth",
+    "read_bytes",
+    "read_ground_truth",
+    "sha256_file",
+    "split_done",
+]
+
+logger = logging.getLogger(__name__)
+
+GtFormat = Literal["binary", "instances", "classes"]
+GT_FORMATS: tuple[str, ...] = ("binary", "instances", "classes")
+
+_HASH_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ImageItem:
+    """One listed image (metadata only: no pixels).
+
+    Attributes
+    ----------
+    uri : str
+        What readers open and the store records as ``source_uri``: a plain local path when the
+        input was a plain path, else a protocol-qualified URL (``memory:///x/a.png``).
+    rel_path : str
+        POSIX path relative to the listed folder (``sub/a.png``).
+    image_id : str
+        ``rel_path`` without its extension (``sub/a``); with the full ``rel_path`` instead when two
+        files differ only by extension.
+    size : int
+        Bytes, from the listing.
+    sha256 : str or None
+        Hex digest of the bytes, once :func:`hash_items` has run.
+    gt_uri : str or None
+        Ground-truth label image paired by :func:`pair_ground_truth`.
+    """
+
+    uri: str
+    rel_path: str
+    image_id: str
+    size: int
+    sha256: str | None = None
+    gt_uri: str | None = None
+
+
+def _has_protocol(source: str) -> bool:
+    return "://" in source or source.startswith(("s3:", "gs:", "az:", "memory:"))
+
+
+def _normalise_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    if not exts:
+        raise ValueError("extensions must name at least one file ending, e.g. ('.png',)")
+    return exts
+
+
+def _list_files(
+    source: str, *, extensions: tuple[str, ...], recursive: bool, exclude: Sequence[str] = ()
+) -> list[tuple[str, str, int]]:
+    """``(uri, rel_path, size)`` of every matching file under ``source``, sorted by rel_path."""
+    source = str(source)
+    fs, root = fsspec.core.url_to_fs(source)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"input folder {source!r} does not exist")
+    if not fs.isdir(root):
+        raise ValueError(f"input {source!r} is a file; give the folder that holds the images")
+    root = root.rstrip("/") or "/"
+    plain = not _has_protocol(source)
+    excluded = []
+    for ex in exclude:
+        try:
+            excluded.append(fsspec.core.url_to_fs(str(ex))[1].rstrip("/") + "/")
+        except (ValueError, ImportError):  # an unusable exclude cannot match anything
+            continue
+    found = fs.find(root, maxdepth=None if recursive else 1, withdirs=False, detail=True)
+    out: list[tuple[str, str, int]] = []
+    prefix = root if root.endswith("/") else root + "/"
+    for path, info in found.items():
+        if info.get("type", "file") != "file" or not path.startswith(prefix):
+            continue
+        rel = path[len(prefix) :]
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue
+        if not rel.lower().endswith(extensions):
+            continue
+        if any((path + "/").startswith(ex) or path.startswith(ex) for ex in excluded):
+            continue
+        uri = path if plain else fs.unstrip_protocol(path)
+        out.append((uri, rel, int(info.get("size") or 0)))
+    out.sort(key=lambda t: t[1])
+    return out
+
+
+def _stem(rel: str) -> str:
+    base, ext = posixpath.splitext(rel)
+    return base if ext else rel
+
+
+def list_images(
+    source: str | Path,
+    *,
+    extensions: Iterable[str] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"),
+    recursive: bool = True,
+    exclude: Sequence[str | Path] = (),
+) -> list[ImageItem]:
+    """List the images under ``source`` (folder path or fsspec URL), sorted by relative path.
+
+    ``exclude`` names folders to leave out (e.g. an output folder inside the input folder).
+    Raises ``FileNotFoundError`` when ``source`` does not exist and ``ValueError`` when it is a file.
+    """
+    files = _list_files(
+        str(source),
+        extensions=_normalise_extensions(extensions),
+        recursive=recursive,
+        exclude=[str(e) for e in exclude],
+    )
+    stems: dict[str, int] = {}
+    for _, rel, _ in files:
+        stems[_stem(rel)] = stems.get(_stem(rel), 0) + 1
+    return [
+        ImageItem(
+            uri=uri, rel_path=rel, image_id=_stem(rel) if stems[_stem(rel)] == 1 else rel, size=size
+        )
+        for uri, rel, size in files
+    ]
+
+
+def read_bytes(uri: str) -> bytes:
+    """All bytes of ``uri`` (plain local path or fsspec URL)."""
+    if not _has_protocol(uri):
+        return Path(uri).read_bytes()
+    with fsspec.open(uri, "rb") as fh:
+        return fh.read()  # type: ignore[no-any-return]
+
+
+def sha256_file(uri: str) -> str:
+    """sha256 hex digest of the bytes at ``uri``, read in 1 MiB blocks (constant memory)."""
+    digest = hashlib.sha256()
+    opener = open(uri, "rb") if not _has_protocol(uri) else fsspec.open(uri, "rb").open()
+    with opener as fh:
+        while block := fh.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_items(items: Sequence[ImageItem], *, threads: int = 4) -> list[ImageItem]:
+    """``items`` with ``sha256`` filled in (files read by ``threads`` I/O threads, order kept).
+
+    A file that cannot be read keeps ``sha256=None``; processing it reports the error.
+    """
+
+    def one(item: ImageItem) -> ImageItem:
+        if item.sha256 is not None:
+            return item
+        try:
+            return replace(item, sha256=sha256_file(item.uri))
+        except OSError as exc:
+            logger.warning("cannot read %s to hash it: %s", item.uri, exc)
+            return item
+
+    if threads <= 1 or len(items) < 2:
+        return [one(i) for i in items]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(one, items))
+
+
+def pair_ground_truth(
+    items: Sequence[ImageItem],
+    ground_truth: str | Path,
+    *,
+    extensions: Iterable[str] = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"),
+    recursive: bool = True,
+) -> list[ImageItem]:
+    """``items`` with ``gt_uri`` set where ``ground_truth`` holds a file of the same relative stem.
+
+    Images without a match keep ``gt_uri=None`` (they are segmented, without scores). When several
+    label files share a stem, the one whose extension comes first in ``extensions`` wins.
+    """
+    exts = _normalise_extensions(extensions)
+    files = _list_files(str(ground_truth), extensions=exts, recursive=recursive)
+    index: dict[str, tuple[int, str]] = {}
+    for uri, rel, _ in files:
+        rank = next(i for i, e in enumerate(exts) if rel.lower().endswith(e))
+        stem = _stem(rel)
+        if stem not in index or rank < index[stem][0]:
+            index[stem] = (rank, uri)
+    out = []
+    missing = 0
+    for item in items:
+        hit = index.get(_stem(item.rel_path))
+        missing += hit is None
+        out.append(replace(item, gt_uri=hit[1] if hit else None))
+    if missing:
+        logger.info("%d of %d images have no ground truth in %s", missing, len(items), ground_truth)
+    return out
+
+
+def read_ground_truth(
+    source: str | Path | bytes,
+    *,
+    gt_format: GtFormat,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Read a label image as ground truth: ``(H, W) int32``.
+
+    ``binary``: 0/1 (non-zero is foreground); ``instances``: the object ids as stored (0 =
+    background); ``classes``: the class ids as stored. Palette PNGs give their indices.
+    Raises ``segflow.io.ImageReadError`` for unreadable files, ``ValueError`` for a bad format.
+    """
+    if gt_format not in GT_FORMATS:
+        raise ValueError(f"gt_format must be one of {GT_FORMATS}, got {gt_format!r}")
+    if isinstance(source, str) and _has_protocol(source):
+        source = read_bytes(source)
+    labels = read_labels(source, name=name, max_pixels=max_pixels)
+    if labels.dtype != np.int32:
+        labels = labels.astype(np.int32)
+    if gt_format == "binary":
+        return (labels != 0).view(np.uint8).astype(np.int32)
+    if labels.min(initial=0) < 0:
+        raise ValueError(
+            f"{gt_format} ground truth must be >= 0, got minimum {labels.min()} in {name or source!r}"
+        )
+    return labels
+
+
+def split_done(
+    items: Sequence[ImageItem], done: set[str]
+) -> tuple[list[ImageItem], list[ImageItem]]:
+    """``(todo, skipped)``: items whose ``sha256`` is in ``done`` are skipped (order kept).
+
+    Items without a hash (unreadable at listing time) are always kept, so they get an error row.
+    """
+    todo: list[ImageItem] = []
+    skipped: list[ImageItem] = []
+    for item in items:
+        (skipped if item.sha256 is not None and item.sha256 in done else todo).append(item)
+    return todo, skipped

@@ -1,0 +1,312 @@
+"""The ``segment_batch`` flow end to end, under a temporary Prefect API (prefect_test_harness)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import fsspec
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+from pycocotools import mask as cocomask
+
+from segflow.config import RunConfig
+from segflow.io import read_labels
+from segflow.store import DATASETS, Store
+from segflow.synth import BAD_KINDS, make_bad_files, make_dataset
+
+pytestmark = [
+    pytest.mark.usefixtures("prefect_harness"),
+    # pycocotools 2.0 calls np.array(copy=False) internally; harmless, noisy under numpy 2
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+]
+
+CHUNK = 3
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """6 top-level + 2 nested images with labels, 1 image without labels, 5 broken files."""
+    root = tmp_path_factory.mktemp("data")
+    make_dataset(root, n_images=6, size=(96, 112), seed=3, n_objects=(4, 9))
+    nested = tmp_path_factory.mktemp("nested")
+    make_dataset(nested, n_images=2, size=(80, 80), seed=4, n_objects=(3, 6), prefix="deep")
+    shutil.copytree(nested / "images", root / "images" / "sub")
+    shutil.copytree(nested / "labels", root / "labels" / "sub")
+    make_dataset(nested / "x", n_images=1, size=(64, 64), seed=5, prefix="nogt")
+    shutil.copy(nested / "x" / "images" / "nogt_0000.png", root / "images" / "nogt_0000.png")
+    bad = make_bad_files(root / "images")
+    good = sorted(p for p in (root / "images").rglob("*.png") if not p.name.startswith("bad_"))
+    assert len(good) == 9 and set(bad) == set(BAD_KINDS)
+    return {"root": root, "good": good, "bad": sorted(bad.values())}
+
+
+def _config(dataset: dict[str, Any], out: Path, **kw: Any) -> RunConfig:
+    fields: dict[str, Any] = {
+        "input": str(dataset["root"] / "images"),
+        "out": str(out),
+        "ground_truth": str(dataset["root"] / "labels"),
+        "gt_format": "instances",
+        "segmenter": "otsu",
+        "segmenter_params": {"sigma": 1.0},
+        "tile": 64,
+        "overlap": 16,
+        "chunk_size": CHUNK,
+    }
+    fields.update(kw)
+    return RunConfig(**fields)
+
+
+def _run(config: RunConfig) -> tuple[Any, dict[str, Any]]:
+    from flows.segment_batch import segment_batch
+
+    state = segment_batch(config, return_state=True)
+    summary = state.result(raise_on_failure=False)
+    assert isinstance(summary, dict), summary
+    return state, summary
+
+
+def _counts(out: Path) -> dict[str, int]:
+    store = Store(out)
+    return {name: len(store.read(name)) for name in DATASETS}
+
+
+@pytest.fixture(scope="module")
+def first_run(dataset: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("store")
+    config = _config(dataset, out)
+    state, summary = _run(config)
+    return {"config": config, "state": state, "summary": summary, "out": out, "store": Store(out)}
+
+
+def test_run_completes_with_bad_files(first_run: dict[str, Any], dataset: dict[str, Any]) -> None:
+    assert first_run["state"].is_completed()
+    s = first_run["summary"]
+    assert (s["listed"], s["done"], s["skipped"], s["failed"]) == (14, 9, 0, 5)
+    assert s["status"] == "completed" and s["config_hash"] == first_run["config"].config_hash()
+
+
+def test_every_good_image_one_metrics_row_every_bad_file_one_error_row(
+    first_run: dict[str, Any], dataset: dict[str, Any]
+) -> None:
+    store: Store = first_run["store"]
+    metrics = store.read("metrics")
+    assert sorted(metrics["source_uri"]) == sorted(str(p) for p in dataset["good"])
+    assert metrics["sha256"].is_unique
+    errors = store.read("errors")
+    assert sorted(errors["source_uri"]) == sorted(str(p) for p in dataset["bad"])
+    assert set(errors["stage"]) == {"decode"}
+    assert all(errors["message"].str.len() > 0) and all(errors["error_type"] == "ImageReadError")
+    assert "pixels" in errors.loc[errors["source_uri"].str.contains("huge"), "message"].item()
+    # ids, ground truth and timings
+    by_id = metrics.set_index("image_id")
+    assert set(by_id.index) == {f"synth_{i:04d}" for i in range(6)} | {
+        "sub/deep_0000",
+        "sub/deep_0001",
+        "nogt_0000",
+    }
+    nogt = by_id.loc["nogt_0000"].to_dict()
+    assert not nogt["has_ground_truth"] and pd.isna(nogt["fg_iou"])
+    with_gt = metrics[metrics["has_ground_truth"].astype(bool)]
+    assert len(with_gt) == 8
+    assert with_gt[["fg_iou", "inst_f1", "dsb_score", "inst_tp"]].notna().all().all()
+    assert (with_gt["fg_iou"] > 0.6).all()
+    assert (metrics["t_total_ms"] > 0).all() and (metrics["t_segment_ms"] > 0).all()
+    assert (metrics["segmenter"] == "otsu").all()
+    assert (metrics["run_id"] == first_run["summary"]["run_id"]).all()
+
+
+def test_runs_row_and_overlays(first_run: dict[str, Any], dataset: dict[str, Any]) -> None:
+    runs = first_run["store"].read("runs")
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    assert row["run_id"] == first_run["summary"]["run_id"] and row["status"] == "completed"
+    assert (row["n_images"], row["n_done"], row["n_skipped"], row["n_failed"]) == (14, 9, 0, 5)
+    assert RunConfig.model_validate_json(row["parameters"]) == first_run["config"]
+    assert row["ended_at"] >= row["started_at"]
+    overlays = sorted(
+        str(p.relative_to(first_run["out"] / "overlays"))
+        for p in (first_run["out"] / "overlays").rglob("*.png")
+    )
+    assert overlays == sorted(
+        [f"synth_{i:04d}.png" for i in range(6)] + ["sub/deep_0000.png", "sub/deep_0001.png"]
+    )
+
+
+def test_masks_decode_and_reproduce_fg_iou(
+    first_run: dict[str, Any], dataset: dict[str, Any]
+) -> None:
+    store: Store = first_run["store"]
+    metrics = store.read("metrics").set_index("sha256")
+    masks = store.read("masks")
+    assert len(masks) == int(metrics["n_instances"].sum()) > 0
+    labels_dir = dataset["root"] / "labels"
+    for sha, group in masks.groupby("sha256"):
+        row: dict[str, Any] = {str(k): v for k, v in metrics.loc[sha].to_dict().items()}
+        union = np.zeros((int(row["height"]), int(row["width"])), dtype=np.bool_)
+        for m in group.to_dict("records"):
+            decoded = cocomask.decode(
+                {"size": [int(m["height"]), int(m["width"])], "counts": m["rle_counts"]}
+            )
+            assert decoded.shape == (row["height"], row["width"])
+            assert int(decoded.sum()) == m["area"]
+            union |= decoded.astype(bool)
+        if not row["has_ground_truth"]:
+            continue
+        truth = np.asarray(read_labels(labels_dir / f"{row['image_id']}.png") > 0)
+        inter, uni = int((union & truth).sum()), int((union | truth).sum())
+        assert inter / uni == row["fg_iou"]
+        assert (row["fg_tp"], row["fg_fp"], row["fg_fn"]) == (
+            inter,
+            int((union & ~truth).sum()),
+            int((~union & truth).sum()),
+        )
+
+
+def test_pandas_duckdb_polars_read_all_four_datasets(first_run: dict[str, Any]) -> None:
+    out: Path = first_run["out"]
+    expected = _counts(out)
+    assert expected == {"metrics": 9, "masks": expected["masks"], "errors": 5, "runs": 1}
+    for name in DATASETS:
+        folder = out / name
+        assert len(pd.read_parquet(folder)) == expected[name]
+        assert len(pl.read_parquet(folder, hive_partitioning=True)) == expected[name]
+        rel = duckdb.sql(
+            f"SELECT count(*) FROM read_parquet('{folder}/**/*.parquet', hive_partitioning = true)"
+        )
+        assert rel is not None and rel.fetchall()[0][0] == expected[name]
+    rel = duckdb.sql(
+        f"SELECT avg(fg_iou) FROM read_parquet('{out}/metrics/**/*.parquet', hive_partitioning = true)"
+    )
+    assert rel is not None
+    assert rel.fetchall()[0][0] == pytest.approx(first_run["summary"]["means"]["fg_iou"])
+    hashes = (
+        pl.read_parquet(out / "metrics", hive_partitioning=True)["config_hash"].unique().to_list()
+    )
+    assert hashes == [first_run["config"].config_hash()]
+
+
+def test_task_runs_grow_with_chunks_and_artifacts_are_published(first_run: dict[str, Any]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    run_id = uuid.UUID(first_run["summary"]["run_id"])
+    flt = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+    expected_chunks = math.ceil(14 / CHUNK)
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 30
+        while True:  # task-run records reach the API asynchronously
+            runs = client.read_task_runs(flow_run_filter=flt)
+            names = [r.name for r in runs]
+            if (
+                sum(n.startswith("chunk-") for n in names) >= expected_chunks
+                or time.monotonic() > deadline
+            ):
+                break
+            time.sleep(0.5)
+        artifacts = client.read_artifacts(flow_run_filter=flt)
+    assert sorted(n for n in names if n.startswith("chunk-")) == sorted(
+        f"chunk-{i}" for i in range(expected_chunks)
+    )
+    # every other task runs once per run (or once per store write): none per tile
+    assert len(names) <= expected_chunks + 6
+    kinds = {a.type: a for a in artifacts}
+    assert set(kinds) >= {"progress", "table", "markdown"}
+    assert float(kinds["progress"].data) == 100.0  # type: ignore[arg-type]
+    assert "data:image/png;base64," in str(kinds["markdown"].data)
+    assert "synth_" in str(kinds["table"].data)
+
+
+def test_rerun_is_idempotent_and_a_parameter_change_adds_rows(
+    dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    config = _config(dataset, tmp_path / "out")
+    _run(config)
+    before = _counts(tmp_path / "out")
+    state, second = _run(config)
+    assert state.is_completed()
+    assert (second["done"], second["skipped"], second["failed"]) == (0, 14, 0)
+    after = _counts(tmp_path / "out")
+    assert {k: v for k, v in after.items() if k != "runs"} == {
+        k: v for k, v in before.items() if k != "runs"
+    }
+    assert after["runs"] == before["runs"] + 1
+
+    changed = _config(dataset, tmp_path / "out", segmenter_params={"sigma": 1.0, "min_size": 30})
+    assert changed.config_hash() != config.config_hash()
+    _, third = _run(changed)
+    assert (third["done"], third["skipped"], third["failed"]) == (9, 0, 5)
+    metrics = Store(tmp_path / "out").read("metrics")
+    per_hash = metrics.groupby("config_hash", observed=True).size().to_dict()
+    assert per_hash == {config.config_hash(): 9, changed.config_hash(): 9}
+    # force recomputes everything under the same hash
+    _, forced = _run(changed.model_copy(update={"force": True}))
+    assert (forced["done"], forced["skipped"]) == (9, 0)
+
+
+def test_fail_on_error_marks_the_run_failed(dataset: dict[str, Any], tmp_path: Path) -> None:
+    state, summary = _run(
+        _config(dataset, tmp_path / "out", fail_on_error=True, write_overlays=False)
+    )
+    assert state.is_failed() and "5 of 14 images failed" in (state.message or "")
+    assert summary["failed"] == 5 and summary["done"] == 9
+    store = Store(tmp_path / "out")
+    assert store.read("runs")["status"].tolist() == ["failed"]
+    assert len(store.read("metrics")) == 9  # the good images are stored all the same
+    assert not (tmp_path / "out" / "overlays").exists()
+
+
+def test_memory_filesystem_input(dataset: dict[str, Any], tmp_path: Path) -> None:
+    fs = fsspec.filesystem("memory")
+    base = f"/flow-{uuid.uuid4().hex}"
+    try:
+        for p in dataset["good"][:2]:
+            fs.pipe(f"{base}/{p.name}", p.read_bytes())
+        config = RunConfig(input=f"memory://{base}", out=str(tmp_path / "out"), tile=64, overlap=16)
+        state, summary = _run(config)
+        assert state.is_completed() and summary["done"] == 2
+        uris = sorted(Store(tmp_path / "out").read("metrics")["source_uri"])
+        assert uris == sorted(f"memory://{base}/{p.name}" for p in dataset["good"][:2])
+    finally:
+        fs.rm(base, recursive=True)
+
+
+def test_missing_input_fails_the_run(tmp_path: Path) -> None:
+    from flows.segment_batch import segment_batch
+
+    state = segment_batch(
+        RunConfig(input=str(tmp_path / "nope"), out=str(tmp_path / "out")), return_state=True
+    )
+    assert state.is_failed()
+    with pytest.raises(FileNotFoundError):
+        state.result()
+
+
+@pytest.mark.slow
+def test_dsb2018_nuclei_real_data(shared_data: Path, tmp_path: Path) -> None:
+    """528 real nuclei images: Otsu reaches mean foreground IoU >= 0.75 with instance scores for all."""
+    root = shared_data / "dsb2018_nuclei"
+    if not root.is_dir():
+        pytest.skip(f"real data not available: {root} is absent")
+    config = RunConfig(
+        input=str(root / "images"),
+        out=str(tmp_path / "out"),
+        ground_truth=str(root / "labels"),
+        gt_format="instances",
+        segmenter="otsu",
+        write_overlays=False,
+    )
+    state, summary = _run(config)
+    assert state.is_completed()
+    metrics = Store(tmp_path / "out").read("metrics")
+    assert len(metrics) == 528 and summary["failed"] == 0
+    assert metrics["has_ground_truth"].all()
+    assert metrics[["inst_tp", "inst_fp", "inst_fn", "inst_f1", "dsb_score"]].notna().all().all()
+    assert metrics["fg_iou"].mean() >= 0.75
