@@ -326,6 +326,25 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    _prepare_environment(verbose=args.verbose)
+    from segflow.train import config_from_args, format_result
+
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        return _usage_error(exc)
+    from flows.train_unet import train_unet
+
+    state = train_unet(config, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if not state.is_completed() or not isinstance(result, dict):
+        sys.stderr.write(f"segflow train: the run failed: {state.message or result}\n")
+        return 1
+    _echo(format_result(result))
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # parser
 # --------------------------------------------------------------------------------------------
@@ -363,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{run,demo,show,server,setup,deploy,worker,watch,report}",
+        metavar="{run,demo,show,train,server,setup,deploy,worker,watch,report}",
     )
 
     run = sub.add_parser(
@@ -509,6 +528,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("out", help="folder of the store (the --out of segflow run)")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=cmd_show)
+
+    from segflow.train import add_train_arguments
+
+    train = sub.add_parser(
+        "train", help="train a U-Net on image/label folders and export it to ONNX"
+    )
+    add_train_arguments(train)
+    train.set_defaults(func=cmd_train)
 
     # operations commands (issue 6) live in segflow/ops_cli.py; their Prefect side is injected here
     from segflow import ops_cli

@@ -18,6 +18,8 @@ import json
 import logging
 import os
 from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -67,6 +69,30 @@ DEFAULT_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff",
 #: Identifies the preprocessing step (``segflow.preprocess.to_float_chw``) in the config hash;
 #: bump it when that step changes its output.
 PREPROCESS_ID = "to_float_chw/1"
+
+
+@lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # size and mtime are part of the cache key so an overwritten file is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_digest(path: Path) -> str | None:
+    """sha256 of a model file, or of a model folder's files (names and bytes); None if absent."""
+    if path.is_file():
+        st = path.stat()
+        return _file_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for item in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(item.relative_to(path)).encode())
+            digest.update((content_digest(item) or "").encode())
+        return digest.hexdigest()
+    return None  # the segmenter itself reports the missing file, naming what it expected
 
 
 def _major_version() -> str:
@@ -254,7 +280,17 @@ class RunConfig(BaseModel):
             "preprocess": PREPROCESS_ID,
             # the metrics row depends on whether and how ground truth is read
             "gt_format": self.gt_format if self.ground_truth else None,
+            # a retrained model behind the same path is a different computation
+            "model_content": self.model_digests(),
         }
+
+    def model_digests(self) -> list[str | None]:
+        """Content digests of the model files the segmenter reads (see Segmenter.model_files)."""
+        try:
+            cls = segmenters.get_class(self.segmenter)
+        except (ValueError, ImportError):
+            return []
+        return [content_digest(p) for p in cls.model_files(dict(self.segmenter_params))]
 
     def config_hash(self) -> str:
         """Stable hash of :meth:`hashed_fields`: ``"c"`` + 16 hex digits of sha256 of sorted JSON.

@@ -243,3 +243,24 @@ def test_apply_thread_limits_sets_opencv() -> None:
         cv2.setNumThreads(before)
     with pytest.raises(ValueError, match="threads must be >= 1"):
         apply_thread_limits(0)
+
+
+def test_config_hash_follows_the_model_file_content(tmp_path) -> None:
+    """A retrained model behind the same path must not be skipped as already processed."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"weights v1")
+    first = RunConfig(
+        input="in", out="out", segmenter="onnx", segmenter_params={"model_path": str(model)}
+    )
+    same = RunConfig(
+        input="in", out="out", segmenter="onnx", segmenter_params={"model_path": str(model)}
+    )
+    before = first.config_hash()
+    assert before == same.config_hash()
+    model.write_bytes(b"weights v2, retrained")
+    changed = RunConfig(
+        input="in", out="out", segmenter="onnx", segmenter_params={"model_path": str(model)}
+    )
+    assert changed.config_hash() != before
+    # classic segmenters read no model file
+    assert RunConfig(input="in", out="out", segmenter="otsu").model_digests() == []

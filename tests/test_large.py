@@ -260,7 +260,7 @@ def test_confusion_counts_match_in_memory_metrics(field3k: tuple[NucleiField, Pa
 def test_label_image_written_to_zarr_and_tiff(
     small: tuple[np.ndarray, Path], tmp_path: Path
 ) -> None:
-    import zarr
+    zarr = pytest.importorskip("zarr", reason="label images on disk need the zarr extra")
 
     image, path = small
     params = {"min_size": 12, "opening": 1}
@@ -291,6 +291,7 @@ def test_label_image_written_to_zarr_and_tiff(
 
 
 def test_watershed_label_image(small: tuple[np.ndarray, Path], tmp_path: Path) -> None:
+    pytest.importorskip("zarr", reason="label images on disk need the zarr extra")
     _, path = small
     opts = {"tile": 256, "overlap": 32}
     res = large.segment_streamed(
@@ -300,7 +301,7 @@ def test_watershed_label_image(small: tuple[np.ndarray, Path], tmp_path: Path) -
 
 
 def test_zarr_and_ome_zarr_input(small: tuple[np.ndarray, Path], tmp_path: Path) -> None:
-    import zarr
+    zarr = pytest.importorskip("zarr", reason="Zarr input needs the zarr extra")
 
     image, path = small
     ref = large.segment_streamed(path, segmenters.create("otsu", sigma=1.0))

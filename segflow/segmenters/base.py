@@ -33,8 +33,10 @@ thread, and ``fit`` again for every image.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -90,6 +92,18 @@ class Segmenter:
     #: more than this fraction of the smaller one's area in the overlap band (0 = any pixel,
     #: exact for connected components; higher for labelers whose splits wobble between tiles).
     stitch_min_overlap: ClassVar[float] = 0.0
+
+    #: Parameters naming model files or folders: their content enters the run's config hash.
+    model_params: ClassVar[tuple[str, ...]] = ("model_path", "descriptor")
+
+    @classmethod
+    def model_files(cls, params: Mapping[str, Any]) -> list[Path]:
+        """Files or folders whose bytes decide this segmenter's output for ``params``.
+
+        The store's idempotence keys on the config hash, so a retrained model behind the same
+        path must change the hash: segflow.config digests the content of what this returns.
+        """
+        return [Path(str(params[name])) for name in cls.model_params if params.get(name)]
 
     @property
     def num_classes(self) -> int:

@@ -19,6 +19,7 @@ import pytest
 from ops_helpers import BIN, PROJECT_ROOT, Api, Processes, base_env, free_port, wait_for
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(300)]
+pytest.importorskip("prefect_dask", reason="the Dask runner needs the dask extra (prefect-dask)")
 
 N_IMAGES, CHUNK = 8, 2
 

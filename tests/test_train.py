@@ -1,0 +1,376 @@
+"""segflow.train: data pairing and split, joint augmentation, targets, loss, checkpoints/resume,
+determinism and the ONNX export (outputs equal to torch's within 1e-4)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("segmentation_models_pytorch")
+
+from scipy import ndimage as ndi
+
+from segflow.segmenters.nuclei import ModelMeta
+from segflow.synth import make_dataset
+from segflow.train import (
+    Sample,
+    TrainConfig,
+    augment,
+    boundary_target,
+    file_list_hash,
+    is_validation,
+    list_pairs,
+    split_pairs,
+    train,
+)
+
+TINY = {
+    "encoder": "tu-regnetx_002",
+    "encoder_depth": 3,
+    "decoder_channels": [16, 8, 8],
+    "crop": 32,
+    "batch_size": 2,
+    "threads": 1,
+    "device": "cpu",
+}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    make_dataset(root, n_images=6, size=(64, 64), seed=3)
+    return root
+
+
+def _config(data: Path, out: Path, **kw: object) -> TrainConfig:
+    base: dict[str, object] = {
+        "images": str(data / "images"),
+        "labels": str(data / "labels"),
+        "out": str(out),
+        "val_fraction": 0.34,
+        **TINY,
+    }
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def test_list_pairs_matches_stems_and_ignores_unpaired(tmp_path: Path) -> None:
+    (tmp_path / "i").mkdir()
+    (tmp_path / "l").mkdir()
+    for name in ("a.png", "b.jpg", "c.png", "notes.txt"):
+        (tmp_path / "i" / name).write_bytes(b"x")
+    for name in ("a.png", "b.png", "z.png"):
+        (tmp_path / "l" / name).write_bytes(b"y")
+    pairs = list_pairs(tmp_path / "i", tmp_path / "l")
+    assert [(s, i.name, lab.name) for s, i, lab in pairs] == [
+        ("a", "a.png", "a.png"),
+        ("b", "b.jpg", "b.png"),
+    ]
+    with pytest.raises(FileNotFoundError, match="labels folder not found"):
+        list_pairs(tmp_path / "i", tmp_path / "missing")
+    (tmp_path / "e").mkdir()
+    with pytest.raises(FileNotFoundError, match="no image in"):
+        list_pairs(tmp_path / "i", tmp_path / "e")
+
+
+def test_file_list_hash_changes_with_any_byte(tmp_path: Path) -> None:
+    (tmp_path / "i").mkdir()
+    (tmp_path / "l").mkdir()
+    for k in range(3):
+        (tmp_path / "i" / f"{k}.png").write_bytes(bytes([k]))
+        (tmp_path / "l" / f"{k}.png").write_bytes(bytes([k, k]))
+    first = file_list_hash(list_pairs(tmp_path / "i", tmp_path / "l"))
+    assert first == file_list_hash(list_pairs(tmp_path / "i", tmp_path / "l"))
+    (tmp_path / "l" / "1.png").write_bytes(b"changed")
+    assert file_list_hash(list_pairs(tmp_path / "i", tmp_path / "l")) != first
+
+
+def test_split_is_the_stated_hash_rule_and_stable() -> None:
+    import hashlib
+
+    stems = [f"img{k:03d}" for k in range(400)]
+    for stem in stems[:50]:
+        digest = int(hashlib.sha256(f"7:{stem}".encode()).hexdigest(), 16)
+        assert is_validation(stem, val_fraction=0.2, seed=7) == (digest % 10000 < 2000)
+    pairs = [(s, Path(s), Path(s)) for s in stems]
+    train_, val = split_pairs(pairs, val_fraction=0.2, seed=7)
+    assert {p[0] for p in train_} | {p[0] for p in val} == set(stems)
+    assert not {p[0] for p in train_} & {p[0] for p in val}
+    assert 0.12 < len(val) / len(stems) < 0.28
+    # adding images never moves an existing one across the split
+    more = pairs + [(f"new{k}", Path("x"), Path("x")) for k in range(50)]
+    _, val2 = split_pairs(more, val_fraction=0.2, seed=7)
+    assert {p[0] for p in val} <= {p[0] for p in val2}
+
+
+def test_boundary_target_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.zeros((20, 24), dtype=np.int32)
+    labels[2:10, 2:12] = 1
+    labels[2:10, 12:20] = 2  # touches 1
+    labels[12:18, 5:9] = 3
+    labels[rng.random(labels.shape) < 0.02] = 0
+    got = boundary_target(labels, width=2)
+    want = np.zeros_like(got)
+    h, w = labels.shape
+    for y in range(h):
+        for x in range(w):
+            if labels[y, x] == 0:
+                continue
+            win = labels[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3]
+            # borders count as "nearest" padding: only other values inside the image matter
+            want[y, x] = bool(np.any(win != labels[y, x]))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_augment_moves_image_and_labels_together() -> None:
+    """Labels follow the image: a crop of a label-coded image reproduces its labels."""
+    rng = np.random.default_rng(5)
+    labels = np.zeros((80, 96), dtype=np.int32)
+    for k, (y, x) in enumerate([(20, 20), (20, 60), (55, 40), (60, 80)], start=1):
+        yy, xx = np.ogrid[:80, :96]
+        labels[(yy - y) ** 2 + (xx - x) ** 2 < 12**2] = k
+    image = (labels.astype(np.float16) / 8.0)[None]  # intensity encodes the id
+    sample = Sample("s", image, labels)
+    for _ in range(20):
+        img, lab = augment(rng, sample, crop=48, scale_range=(0.7, 1.4), intensity=False)
+        assert img.shape == (1, 48, 48) and lab.shape == (48, 48)
+        assert img.dtype == np.float32 and lab.dtype == np.int32
+        inner = ndi.binary_erosion(lab > 0, iterations=2)  # away from interpolated edges
+        np.testing.assert_allclose(img[0][inner], lab[inner] / 8.0, atol=1e-3)
+        assert set(np.unique(lab)) <= {0, 1, 2, 3, 4}
+
+
+def test_augment_is_deterministic_for_a_generator_seed() -> None:
+    sample = Sample(
+        "s",
+        np.random.default_rng(1).random((1, 40, 50)).astype(np.float16),
+        np.arange(2000, dtype=np.int32).reshape(40, 50) % 7,
+    )
+    a = augment(np.random.default_rng(9), sample, crop=32, scale_range=(0.5, 2.0), intensity=True)
+    b = augment(np.random.default_rng(9), sample, crop=32, scale_range=(0.5, 2.0), intensity=True)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_config_validation_names_the_bad_value() -> None:
+    with pytest.raises(ValueError, match="crop must be a multiple of 16, got 40"):
+        TrainConfig(images="i", labels="l", out="o", crop=40)
+    with pytest.raises(ValueError, match="decoder_channels needs 4 entries"):
+        TrainConfig(images="i", labels="l", out="o", decoder_channels=[8, 8])
+    assert not TrainConfig(images="i", labels="l", out="o", label_kind="binary").boundary
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def test_training_lowers_the_loss_saves_and_exports(synth: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+    import torch
+
+    from segflow.segmenters.torch_unet import load_model_dir, outputs_module
+
+    cfg = _config(synth, tmp_path / "run", epochs=3, steps_per_epoch=6, lr=1e-2, val_max_images=1)
+    result = train(cfg)
+    losses = [h["train_loss"] for h in result.history]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert result.best_epoch in (0, 1, 2)
+    assert 0.0 <= result.best_scores["fg_iou"] <= 1.0
+    out = tmp_path / "run"
+    for name in (
+        "checkpoints/last.pt",
+        "best/config.json",
+        "best/model.safetensors",
+        "best/segflow.json",
+        "curves.png",
+        "history.json",
+        "split.json",
+        "result.json",
+    ):
+        assert (out / name).is_file(), name
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((out / "epochs").glob("epoch_*.png"))) == 3
+    split = json.loads((out / "split.json").read_text())
+    assert split["file_list_sha256"] == result.file_list_sha256
+    assert len(split["train"]) + len(split["validation"]) == 6 and len(split["validation"]) > 1
+    assert split["validated_each_epoch"] == split["validation"][:1] and result.n_val == 1
+
+    # the exported ONNX model gives the torch model's outputs within 1e-4
+    model, _, meta = load_model_dir(out / "best")
+    assert meta is not None and meta.boundary
+    module = outputs_module(model, label_kind=meta.label_kind, boundary=meta.boundary)
+    x = np.random.default_rng(0).random((2, 1, 48, 80), dtype=np.float32)
+    with torch.no_grad():
+        probs, bd = (t.numpy() for t in module(torch.from_numpy(x)))
+    sess = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
+    o_probs, o_bd = sess.run(["probabilities", "boundary"], {"image": x})
+    np.testing.assert_allclose(o_probs, probs, atol=1e-4)
+    np.testing.assert_allclose(o_bd, bd, atol=1e-4)
+    assert json.loads(sess.get_modelmeta().custom_metadata_map["segflow"])["boundary"] is True
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(synth: Path, tmp_path: Path) -> None:
+    import torch
+
+    full = train(_config(synth, tmp_path / "full", epochs=2, steps_per_epoch=2, export_onnx=False))
+    # stop after the first epoch (time limit), then resume in the same folder
+    first = train(
+        _config(
+            synth,
+            tmp_path / "split",
+            epochs=2,
+            steps_per_epoch=2,
+            export_onnx=False,
+            time_limit_s=1e-6,
+        )
+    )
+    assert first.stopped == "time_limit" and first.epochs_run == 1
+    resumed = train(
+        _config(synth, tmp_path / "split", epochs=2, steps_per_epoch=2, export_onnx=False)
+    )
+    assert resumed.epochs_run == 2 and resumed.history[0] == first.history[0]
+    a = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split/checkpoints/last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx(
+        [h["train_loss"] for h in full.history], abs=1e-6
+    )
+
+
+def test_resume_refuses_other_training_settings(synth: Path, tmp_path: Path) -> None:
+    train(_config(synth, tmp_path / "r", epochs=1, steps_per_epoch=1, export_onnx=False))
+    with pytest.raises(ValueError, match=r"cannot resume .*\['lr'\]"):
+        train(
+            _config(synth, tmp_path / "r", epochs=2, steps_per_epoch=1, lr=0.5, export_onnx=False)
+        )
+
+
+def test_binary_and_class_labels_train(synth: Path, tmp_path: Path) -> None:
+    binary = train(_config(synth, tmp_path / "b", label_kind="binary", epochs=1, steps_per_epoch=1))
+    assert set(binary.best_scores) == {"fg_iou"}
+    meta = ModelMeta.from_json((tmp_path / "b/best/segflow.json").read_text())
+    assert meta.label_kind == "binary" and not meta.boundary and meta.num_classes == 2
+
+    # class labels: the synthetic instance ids modulo 3 as classes 0..2
+    from segflow.io import read_labels
+    from segflow.synth import make_dataset as _make
+
+    root = tmp_path / "classes"
+    _make(root, n_images=4, size=(48, 48), seed=1)
+    import cv2
+
+    for p in (root / "labels").iterdir():
+        lab = read_labels(p)
+        cls = np.where(lab > 0, 1 + lab % 2, 0).astype(np.uint8)
+        cv2.imwrite(str(p), cls)
+    res = train(
+        _config(
+            root,
+            tmp_path / "c",
+            label_kind="classes",
+            epochs=1,
+            steps_per_epoch=1,
+            class_names=["background", "odd", "even"],
+        )
+    )
+    assert "mean_iou" in res.best_scores
+    meta = ModelMeta.from_json((tmp_path / "c/best/segflow.json").read_text())
+    assert meta.class_names == ("background", "odd", "even") and meta.label_kind == "classes"
+
+
+def test_init_from_starts_with_the_given_weights(synth: Path, tmp_path: Path) -> None:
+    import torch
+
+    from segflow.segmenters.torch_unet import load_model_dir
+
+    train(_config(synth, tmp_path / "a", epochs=1, steps_per_epoch=2, export_onnx=False))
+    train(
+        _config(
+            synth,
+            tmp_path / "b",
+            epochs=1,
+            steps_per_epoch=1,
+            lr=1e-12,
+            export_onnx=False,
+            init_from=str(tmp_path / "a" / "best"),
+        )
+    )
+    a, _, _ = load_model_dir(tmp_path / "a" / "best")
+    b, _, _ = load_model_dir(tmp_path / "b" / "best")
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="holds another architecture"):
+        train(
+            _config(
+                synth,
+                tmp_path / "c",
+                epochs=1,
+                steps_per_epoch=1,
+                decoder_channels=[8, 8, 8],
+                init_from=str(tmp_path / "a" / "best"),
+            )
+        )
+
+
+def test_command_line_arguments_build_the_config() -> None:
+    import argparse
+
+    from segflow.train import add_train_arguments, config_from_args, format_result
+
+    parser = add_train_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(
+        [
+            "imgs",
+            "labs",
+            "--out",
+            "o",
+            "--label-kind",
+            "instances",
+            "--decoder-channels",
+            "32,16,8",
+            "--encoder-depth",
+            "3",
+            "--epochs",
+            "4",
+            "--cpu-bf16",
+            "--class-names",
+            "background,nucleus",
+            "--init-from",
+            "prev/best",
+            "--time-limit",
+            "60",
+            "--no-onnx",
+        ]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.images, cfg.labels, cfg.out) == ("imgs", "labs", "o")
+    assert cfg.decoder_channels == [32, 16, 8] and cfg.encoder_depth == 3 and cfg.epochs == 4
+    assert cfg.cpu_bf16 and cfg.class_names == ["background", "nucleus"]
+    assert cfg.init_from == "prev/best" and cfg.time_limit_s == 60 and not cfg.export_onnx
+    with pytest.raises(ValueError, match="decoder_channels needs 3 entries"):
+        config_from_args(parser.parse_args(["i", "l", "--out", "o", "--encoder-depth", "3"]))
+    text = format_result(
+        {
+            "epochs_run": 2,
+            "stopped": "epochs",
+            "n_train": 5,
+            "n_val": 1,
+            "best_epoch": 1,
+            "best_scores": {"fg_iou": 0.5},
+            "best_dir": "o/best",
+            "onnx_path": None,
+            "out": "o",
+        }
+    )
+    assert "best epoch 1: fg_iou 0.5000" in text and "o/best" in text
