@@ -602,8 +602,44 @@ def _is_dim(v: Any) -> bool:
     return isinstance(v, int) and v > 0
 
 
+class WatershedInstances(Segmenter):
+    """``label_tile``/``finish`` for models without an instance head: instances come from the
+    full-size foreground probability (threshold + distance-transform watershed).
+
+    Subclasses provide ``predict`` and the ``instances``, ``threshold``, ``h`` and ``min_size``
+    options.
+    """
+
+    instances: bool
+    threshold: float
+    h: float
+    min_size: int
+
+    def label_tile(self, tile: np.ndarray) -> np.ndarray:
+        """Instances of a whole image (C, H, W) float32 -> (H, W) int32 (threshold + watershed)."""
+        probs = self.predict(np.asarray(tile, dtype=np.float32)[None])[0]
+        return instances_from_class_probabilities(
+            probs, threshold=self.threshold, h=self.h, min_size=self.min_size
+        )[0]
+
+    def finish(
+        self,
+        probabilities: np.ndarray | None,
+        image: np.ndarray,
+        *,
+        labels: np.ndarray | None = None,
+    ) -> Segmentation:
+        """argmax classes; with ``instances=True`` also instances from the full-size probabilities."""
+        seg = super().finish(probabilities, image, labels=labels)
+        if self.instances and labels is None:
+            seg = finish_with_instances(
+                seg, threshold=self.threshold, h=self.h, min_size=self.min_size
+            )
+        return seg
+
+
 @register("onnx")
-class OnnxSegmenter(Segmenter):
+class OnnxSegmenter(WatershedInstances):
     """Semantic (optionally instance) segmentation with an ONNX model file on ONNX Runtime.
 
     Parameters (keyword-only)
@@ -846,28 +882,6 @@ class OnnxSegmenter(Segmenter):
                     )
                 )
         return np.stack(results)
-
-    def label_tile(self, tile: np.ndarray) -> np.ndarray:
-        """Instances of a whole image (C, H, W) float32 -> (H, W) int32 (threshold + watershed)."""
-        probs = self.predict(np.asarray(tile, dtype=np.float32)[None])[0]
-        return instances_from_class_probabilities(
-            probs, threshold=self.threshold, h=self.h, min_size=self.min_size
-        )[0]
-
-    def finish(
-        self,
-        probabilities: np.ndarray | None,
-        image: np.ndarray,
-        *,
-        labels: np.ndarray | None = None,
-    ) -> Segmentation:
-        """argmax classes; with ``instances=True`` also instances from the full-size probabilities."""
-        seg = super().finish(probabilities, image, labels=labels)
-        if self.instances and labels is None:
-            seg = finish_with_instances(
-                seg, threshold=self.threshold, h=self.h, min_size=self.min_size
-            )
-        return seg
 
     # -- running the model -------------------------------------------------------------------
 

@@ -35,17 +35,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from segflow.segmenters import register
-from segflow.segmenters.base import Segmentation, Segmenter
 from segflow.segmenters.onnx import (
     ACTIVATIONS,
     STRATEGIES,
     Activation,
     Strategy,
+    WatershedInstances,
     adapt_channels,
     apply_activation,
     default_threads,
-    finish_with_instances,
-    instances_from_class_probabilities,
     match_spatial,
     one_hot,
     parse_device,
@@ -80,7 +78,7 @@ def read_labels_file(path: str | Path) -> list[str]:
 
 
 @register("tflite")
-class TfliteSegmenter(Segmenter):
+class TfliteSegmenter(WatershedInstances):
     """Semantic (optionally instance) segmentation with a TFLite model file.
 
     Parameters (keyword-only)
@@ -250,28 +248,6 @@ class TfliteSegmenter(Segmenter):
                     )
                 )
         return np.stack(results)
-
-    def label_tile(self, tile: np.ndarray) -> np.ndarray:
-        """Instances of a whole image (C, H, W) float32 -> (H, W) int32 (threshold + watershed)."""
-        probs = self.predict(np.asarray(tile, dtype=np.float32)[None])[0]
-        return instances_from_class_probabilities(
-            probs, threshold=self.threshold, h=self.h, min_size=self.min_size
-        )[0]
-
-    def finish(
-        self,
-        probabilities: np.ndarray | None,
-        image: np.ndarray,
-        *,
-        labels: np.ndarray | None = None,
-    ) -> Segmentation:
-        """argmax classes; with ``instances=True`` also instances from the full-size probabilities."""
-        seg = super().finish(probabilities, image, labels=labels)
-        if self.instances and labels is None:
-            seg = finish_with_instances(
-                seg, threshold=self.threshold, h=self.h, min_size=self.min_size
-            )
-        return seg
 
     # -- running the model -------------------------------------------------------------------
 
