@@ -128,6 +128,21 @@ def mean_entropy(probabilities: np.ndarray) -> float:
     return float(acc.mean(dtype=np.float64))
 
 
+def foreground_columns(tp: int, fp: int, fn: int, tn: int) -> dict[str, Any]:
+    """The ``metrics`` columns of the foreground confusion counts and the scores derived from them."""
+    scores = M.scores_from_counts(tp, fp, fn, tn)
+    return {
+        "fg_tp": tp,
+        "fg_fp": fp,
+        "fg_fn": fn,
+        "fg_tn": tn,
+        "fg_iou": scores["iou"],
+        "fg_dice": scores["dice"],
+        "fg_precision": scores["precision"],
+        "fg_recall": scores["recall"],
+    }
+
+
 def metrics_row(
     seg: Segmentation,
     truth: np.ndarray | None,
@@ -187,18 +202,7 @@ def metrics_row(
         raise ValueError(
             f"ground truth shape {truth.shape} differs from the image's {classes.shape}"
         )
-    tp, fp, fn, tn = M.binary_counts(fg, truth)
-    scores = M.scores_from_counts(tp, fp, fn, tn)
-    row.update(
-        fg_tp=tp,
-        fg_fp=fp,
-        fg_fn=fn,
-        fg_tn=tn,
-        fg_iou=scores["iou"],
-        fg_dice=scores["dice"],
-        fg_precision=scores["precision"],
-        fg_recall=scores["recall"],
-    )
+    row.update(foreground_columns(*M.binary_counts(fg, truth)))
     if gt_format == "instances":
         pred_inst = seg.instances if seg.instances is not None else _components(fg)
         inst = M.instance_scores(pred_inst, truth)

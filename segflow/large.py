@@ -91,6 +91,7 @@ from segflow.io import DEFAULT_MAX_PIXELS, ImageReadError, read_header
 from segflow.preprocess import to_float_chw
 from segflow.segmenters.base import Segmenter
 from segflow.sources import ArraySource, WindowSource, is_zarr_path, open_source
+from segflow.stitch import matched_pairs
 from segflow.tiling import BLEND_MODES, Merger, Window, blend_weights, tile_grid
 
 if TYPE_CHECKING:
@@ -1626,23 +1627,6 @@ def _compact(labels: np.ndarray) -> np.ndarray:
     return inverse
 
 
-def _matched(la: np.ndarray, lb: np.ndarray, min_overlap: float) -> tuple[np.ndarray, np.ndarray]:
-    both = (la > 0) & (lb > 0)
-    a = la[both].astype(np.int64)
-    b = lb[both].astype(np.int64)
-    if a.size == 0:
-        return a, b
-    wid = int(lb.max()) + 1
-    keys, shared = np.unique(a * wid + b, return_counts=True)
-    a, b = keys // wid, keys % wid
-    if min_overlap > 0:
-        area_a = np.bincount(la.ravel())
-        area_b = np.bincount(lb.ravel())
-        keep = shared > min_overlap * np.minimum(area_a[a], area_b[b])
-        a, b = a[keep], b[keep]
-    return a, b
-
-
 def _stream_labels(prepared: _Prepared, ctx: _Ctx, *, tile: int, overlap: int) -> np.ndarray | None:
     """Label every window, stitch them as ``stitch.stitch_instances``, one row of windows at a time."""
     seg = ctx.segmenter
@@ -1761,7 +1745,7 @@ def _union_band(
         return
     la = labs1[c1][b0 - y1 : b1 - y1, x0 - xs[c1] : x1 - xs[c1]]
     lb = labs2[c2][b0 - y2 : b1 - y2, x0 - xs[c2] : x1 - xs[c2]]
-    a, b = _matched(la, lb, min_overlap)
+    a, b = matched_pairs(la, lb, min_overlap)
     for i, j in zip(a.tolist(), b.tolist(), strict=True):
         objects.union(offs1[c1] + i - 1, offs2[c2] + j - 1)
 
@@ -1823,7 +1807,7 @@ def result_rows(
     Instance scores need every object of the ground truth at once and are left empty; the
     foreground counts and scores are exact.
     """
-    from segflow import metrics as M
+    from segflow.evaluate import foreground_columns
 
     names = result.class_names
 
@@ -1876,18 +1860,7 @@ def result_rows(
         has_ground_truth=result.confusion is not None,
     )
     if result.confusion is not None:
-        tp, fp, fn, tn = result.confusion
-        scores = M.scores_from_counts(tp, fp, fn, tn)
-        row.update(
-            fg_tp=tp,
-            fg_fp=fp,
-            fg_fn=fn,
-            fg_tn=tn,
-            fg_iou=scores["iou"],
-            fg_dice=scores["dice"],
-            fg_precision=scores["precision"],
-            fg_recall=scores["recall"],
-        )
+        row.update(foreground_columns(*result.confusion))
     return row, masks
 
 

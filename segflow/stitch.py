@@ -198,7 +198,7 @@ def stitch_instances(
             x0, x1 = max(xs[c1], xs[c2]), min(xs[c1], xs[c2]) + tile_w
             la = labels_by_index[(r1, c1)][y0 - ys[r1] : y1 - ys[r1], x0 - xs[c1] : x1 - xs[c1]]
             lb = labels_by_index[(r2, c2)][y0 - ys[r2] : y1 - ys[r2], x0 - xs[c2] : x1 - xs[c2]]
-            a, b = _matched_pairs(la, lb, min_overlap)
+            a, b = matched_pairs(la, lb, min_overlap)
             sources.append(a.astype(np.int64) + offsets[(r1, c1)] - 1)
             targets.append(b.astype(np.int64) + offsets[(r2, c2)] - 1)
 
@@ -236,7 +236,7 @@ def stitch_instances(
     return out
 
 
-def _matched_pairs(
+def matched_pairs(
     la: np.ndarray, lb: np.ndarray, min_overlap: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unique label pairs ``(a, b)`` (both ``> 0``) sharing enough pixels of the band."""

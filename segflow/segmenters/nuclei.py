@@ -70,6 +70,7 @@ from segflow.segmenters.onnx import (
     Step,
     ZeroMeanUnitVariance,
     adapt_channels,
+    instance_classes_and_scores,
     instances_from_class_probabilities,
     predict_fixed_size,
 )
@@ -334,25 +335,7 @@ def instances_from_outputs(
         min_seed=min_seed,
         min_size=min_size,
     )
-    n = int(labels.max(initial=0))
-    if n == 0:
-        return labels, {}, {}
-    flat = labels.ravel()
-    counts = np.bincount(flat, minlength=n + 1)[1:]
-    score = np.bincount(flat, weights=foreground.ravel(), minlength=n + 1)[1:] / counts
-    if probabilities.shape[0] > 2:
-        per_class = np.stack(
-            [np.bincount(flat, weights=p.ravel(), minlength=n + 1)[1:] for p in probabilities[1:]]
-        )
-        cls = per_class.argmax(axis=0) + 1
-    else:
-        cls = np.ones(n, dtype=np.int64)
-    ids = range(1, n + 1)
-    return (
-        labels,
-        {i: int(c) for i, c in zip(ids, cls, strict=True)},
-        {i: float(v) for i, v in zip(ids, score, strict=True)},
-    )
+    return labels, *instance_classes_and_scores(labels, probabilities, foreground)
 
 
 def finish_segflow_outputs(

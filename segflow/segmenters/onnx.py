@@ -524,9 +524,18 @@ def instances_from_class_probabilities(
     """
     foreground = 1.0 - probabilities[0]
     labels = instances_from_probability(foreground, threshold=threshold, h=h, min_size=min_size)
+    return labels, *instance_classes_and_scores(labels, probabilities, foreground)
+
+
+def instance_classes_and_scores(
+    labels: np.ndarray, probabilities: np.ndarray, foreground: np.ndarray
+) -> tuple[dict[int, int], dict[int, float]]:
+    """Per instance of ``labels`` (H, W) int: its class (the non-background class of
+    ``probabilities`` (K, H, W) with the largest sum over its pixels; 1 when K == 2) and its
+    score (the mean of ``foreground`` (H, W) over its pixels)."""
     n = int(labels.max(initial=0))
     if n == 0:
-        return labels, {}, {}
+        return {}, {}
     flat = labels.ravel()
     counts = np.bincount(flat, minlength=n + 1)[1:]
     score = np.bincount(flat, weights=foreground.ravel(), minlength=n + 1)[1:] / counts
@@ -539,7 +548,6 @@ def instances_from_class_probabilities(
         cls = np.ones(n, dtype=np.int64)
     ids = range(1, n + 1)
     return (
-        labels,
         {i: int(c) for i, c in zip(ids, cls, strict=True)},
         {i: float(v) for i, v in zip(ids, score, strict=True)},
     )
