@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import ndimage
 
 from segflow import metrics as M
 from segflow import rle as R
@@ -288,22 +287,15 @@ def mask_rows(
         )
 
     if seg.instances is not None:
-        instances = np.asarray(seg.instances)
-        # boxes and areas straight from the label map (one pass each), not by re-parsing RLEs
-        slices = ndimage.find_objects(instances) if instances.size else []
-        areas: np.ndarray = np.bincount(instances.ravel().astype(np.intp, copy=False), minlength=1)
-        for inst_id, rle in sorted(R.encode_labels(instances).items()):
-            sl = slices[inst_id - 1] if inst_id - 1 < len(slices) else None
-            if sl is None:  # cannot happen: encode_labels only returns ids present in the map
-                continue
-            box = (sl[1].start, sl[0].start, sl[1].stop - sl[1].start, sl[0].stop - sl[0].start)
+        # boxes and areas come with the RLEs (one pass), not by re-parsing them
+        for obj in R.encode_objects(np.asarray(seg.instances)):
             add(
-                rle,
-                class_id=int(seg.instance_classes.get(inst_id, 1)),
-                instance_id=int(inst_id),
-                score=float(seg.instance_scores.get(inst_id, 1.0)),
-                box=box,
-                area=int(areas[inst_id]),
+                obj.rle,
+                class_id=int(seg.instance_classes.get(obj.label, 1)),
+                instance_id=int(obj.label),
+                score=float(seg.instance_scores.get(obj.label, 1.0)),
+                box=obj.bbox,
+                area=obj.area,
             )
         return rows
     present = np.flatnonzero(np.bincount(classes.ravel().astype(np.intp, copy=False)))

@@ -112,16 +112,24 @@ def smooth(image: np.ndarray, *, sigma: float) -> np.ndarray:
         raise ValueError(f"image must be (C, H, W), got shape {img.shape}")
     if sigma == 0:
         return img
-    return np.asarray(
-        ndi.gaussian_filter(
-            img.astype(np.float32, copy=False),
-            sigma=float(sigma),
-            axes=(1, 2),
-            mode="nearest",
-            truncate=4.0,
-        ),
-        dtype=np.float32,
-    )
+    # scipy's kernel (same radius and weights), applied by OpenCV: ~25x faster than
+    # ndi.gaussian_filter on a 1 MP float32 image; outputs agree to ~2e-7 (float32 sums).
+    radius = int(4.0 * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 / (float(sigma) * float(sigma)) * x * x)
+    kernel /= kernel.sum()
+    src = img.astype(np.float32, copy=False)
+    out = np.empty(src.shape, dtype=np.float32)
+    for c in range(src.shape[0]):
+        cv2.sepFilter2D(
+            np.ascontiguousarray(src[c]),
+            cv2.CV_32F,
+            kernel,
+            kernel,
+            dst=out[c],
+            borderType=cv2.BORDER_REPLICATE,  # scipy's mode="nearest"
+        )
+    return out
 
 
 def open_mask(mask: np.ndarray, *, radius: int) -> np.ndarray:
@@ -150,9 +158,13 @@ def label_components(mask: np.ndarray, *, connectivity: int = 2) -> tuple[np.nda
     """
     m = _check_mask(mask)
     c = check_connectivity(connectivity)
-    labels = np.zeros(m.shape, dtype=np.int32)
-    n = ndi.label(m, structure=_structure(c), output=labels)
-    return labels, int(n)  # type: ignore[arg-type]
+    if m.size == 0:
+        return np.zeros(m.shape, dtype=np.int32), 0
+    u8 = m.view(np.uint8) if m.flags.c_contiguous else np.ascontiguousarray(m, dtype=np.uint8)
+    # Wu's scan-order algorithm numbers components by their first pixel in raster order, as
+    # skimage/scipy do (OpenCV's default block-based one does not); ~5x faster than ndi.label.
+    n, labels = cv2.connectedComponentsWithAlgorithm(u8, 8 if c == 2 else 4, cv2.CV_32S, cv2.CCL_WU)
+    return labels, int(n) - 1
 
 
 def remove_small_objects(mask: np.ndarray, *, min_size: int, connectivity: int = 2) -> np.ndarray:
@@ -165,11 +177,46 @@ def remove_small_objects(mask: np.ndarray, *, min_size: int, connectivity: int =
     n_min = _check_nonneg_int("min_size", min_size)
     if n_min <= 1 or not m.any():
         return m
-    labels, _ = label_components(m, connectivity=connectivity)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= n_min
+    labels, n = label_components(m, connectivity=connectivity)
+    keep = component_sizes(labels, n) >= n_min
     keep[0] = False
-    return keep[labels]
+    # ids are in range: "clip" skips take's bounds check (4x faster than the default)
+    return np.take(keep, labels, mode="clip")
+
+
+def component_sizes(labels: np.ndarray, n: int) -> np.ndarray:
+    """Pixel count of each label ``0..n`` of ``labels`` (H, W) int32 -> (n + 1,) int64.
+
+    OpenCV's 16-bit histogram when every count is exact in its float32 bins (fewer than 2**24
+    pixels, ids below 2**16): ~5x faster than ``np.bincount`` (which first widens the image).
+    """
+    if n < (1 << 16) - 1 and labels.size < (1 << 24) and labels.ndim == 2 and labels.size:
+        hist = cv2.calcHist([labels.astype(np.uint16)], [0], None, [n + 1], [0, n + 1])
+        return hist.ravel().astype(np.int64)
+    return np.bincount(labels.ravel(), minlength=n + 1).astype(np.int64)
+
+
+def binary_instances(
+    mask: np.ndarray, *, min_size: int = 0, connectivity: int = 2
+) -> tuple[np.ndarray, int]:
+    """Instances of a binary mask: components of at least ``min_size`` pixels, one labelling.
+
+    ``mask`` (H, W) bool -> ``(labels (H, W) int32, n)``, ids ``1..n`` in raster order of each
+    component's first pixel: equal to ``label_components(remove_small_objects(mask, ...))``
+    (dropping whole components leaves the others as they are), at half the cost.
+    """
+    m = _check_mask(mask)
+    n_min = _check_nonneg_int("min_size", min_size)
+    labels, n = label_components(m, connectivity=connectivity)
+    if n_min <= 1 or n == 0:
+        return labels, n
+    keep = component_sizes(labels, n) >= n_min
+    keep[0] = False
+    if keep[1:].all():
+        return labels, n
+    lut = np.cumsum(keep, dtype=np.int32)
+    lut[~keep] = 0
+    return np.take(lut, labels, mode="clip"), int(lut.max())
 
 
 def fill_holes(

@@ -58,7 +58,7 @@ pairs of a 1-based start pixel and a run length, with the pixel order given expl
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NamedTuple, TypedDict
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -67,6 +67,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "MAX_PIXELS",
     "CocoRLE",
+    "EncodedObject",
     "area",
     "bbox",
     "decode",
@@ -75,6 +76,7 @@ __all__ = [
     "encode_crop",
     "encode_kaggle",
     "encode_labels",
+    "encode_objects",
     "merge",
 ]
 
@@ -294,11 +296,32 @@ def _canonical(counts: np.ndarray, n: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # pycocotools' compressed string, vectorised
 
+#: Up to this many counts a plain loop beats a dozen numpy calls (a typical object's RLE).
+_SMALL_COUNTS = 96
+
+
+def _counts_to_string_small(counts: np.ndarray) -> str:
+    """pycocotools ``rleToString`` as its C loop, for short counts (cheaper than numpy calls)."""
+    values = counts.tolist()
+    out = bytearray()
+    for i, x in enumerate(values):
+        if i > 2:
+            x -= values[i - 2]
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5  # arithmetic shift, as in C
+            more = x != -1 if c & 0x10 else x != 0
+            out.append(c + 48 + (0x20 if more else 0))
+    return out.decode("ascii")
+
 
 def _counts_to_string(counts: np.ndarray) -> str:
     """pycocotools ``rleToString`` of int64 ``counts``, vectorised."""
     if counts.size == 0:
         return ""
+    if counts.size <= _SMALL_COUNTS:
+        return _counts_to_string_small(counts)
     x = counts.astype(np.int64, copy=True)
     if x.size > 3:
         x[3:] -= counts[1:-2]
@@ -523,7 +546,17 @@ def encode_crop(
     return _make(height, width, _counts_from_toggles(toggles, height * width))
 
 
-def encode_labels(labels: np.ndarray) -> dict[int, CocoRLE]:
+class EncodedObject(NamedTuple):
+    """One object of a label image: its ``label``, COCO ``rle``, ``bbox`` ``(x, y, w, h)``
+    (integers, what ``bbox(rle)`` gives) and ``area`` in pixels."""
+
+    label: int
+    rle: CocoRLE
+    bbox: tuple[int, int, int, int]
+    area: int
+
+
+def encode_objects(labels: np.ndarray) -> list[EncodedObject]:
     """One COCO RLE per nonzero label of a label image, each encoded from its bounding box.
 
     Parameters
@@ -534,8 +567,9 @@ def encode_labels(labels: np.ndarray) -> dict[int, CocoRLE]:
 
     Returns
     -------
-    dict[int, CocoRLE]
-        Label -> ``encode(labels == label)``, labels in increasing order.
+    list[EncodedObject]
+        In increasing label order; ``rle == encode(labels == label)``. Box and area come from
+        the same single pass over the label image (``ndimage.find_objects``) as the RLEs.
     """
     if not isinstance(labels, np.ndarray):
         raise ValueError(f"labels must be a numpy array, got {type(labels).__name__}")
@@ -545,14 +579,14 @@ def encode_labels(labels: np.ndarray) -> dict[int, CocoRLE]:
         raise ValueError(f"labels dtype {labels.dtype} is not allowed; use an integer dtype")
     height, width = _check_shape(labels.shape, what="labels shape")
     if labels.size == 0:
-        return {}
+        return []
     if labels.dtype.kind == "b":
         labels = labels.view(np.uint8)
     low, high = int(labels.min()), int(labels.max())
     if low < 0:
         raise ValueError(f"labels must be >= 0 (0 = background), got minimum {low}")
     if high == 0:
-        return {}
+        return []
     ids: np.ndarray | None = None
     work = labels
     if high > min(labels.size, 1 << 24) or labels.dtype.itemsize > 4:
@@ -564,15 +598,32 @@ def encode_labels(labels: np.ndarray) -> dict[int, CocoRLE]:
             ids = np.concatenate([[0], ids])
     elif labels.dtype != np.int32:
         work = labels.astype(np.int32)
-    out: dict[int, CocoRLE] = {}
+    out: list[EncodedObject] = []
     for index, box in enumerate(ndi.find_objects(work), start=1):
         if box is None:
             continue
         crop = work[box] == index
-        toggles = _cancel_pairs(_crop_toggles(crop, box[0].start, box[1].start, height))
+        y0, x0 = box[0].start, box[1].start
+        toggles = _cancel_pairs(_crop_toggles(crop, y0, x0, height))
         label = index if ids is None else int(ids[index])
-        out[label] = _make(height, width, _counts_from_toggles(toggles, height * width))
+        out.append(
+            EncodedObject(
+                label=label,
+                rle=_make(height, width, _counts_from_toggles(toggles, height * width)),
+                bbox=(x0, y0, box[1].stop - x0, box[0].stop - y0),
+                area=int(np.count_nonzero(crop)),
+            )
+        )
     return out
+
+
+def encode_labels(labels: np.ndarray) -> dict[int, CocoRLE]:
+    """Label -> ``encode(labels == label)`` for every nonzero label (see :func:`encode_objects`).
+
+    ``labels`` (H, W) integer or bool ndarray, 0 = background, no negative values; the dict is
+    in increasing label order.
+    """
+    return {obj.label: obj.rle for obj in encode_objects(labels)}
 
 
 def decode(rle: Mapping[str, Any], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

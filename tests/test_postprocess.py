@@ -224,3 +224,26 @@ def test_remove_small_instances_brute_force(labels: np.ndarray, min_size: int) -
 def test_bad_arguments_raise_value_error(call, fragment: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+@settings(max_examples=150, deadline=None)
+@given(mask=masks, min_size=st.integers(0, 8), connectivity=st.sampled_from([1, 2]))
+def test_binary_instances_equal_labelled_clean_mask(
+    mask: np.ndarray, min_size: int, connectivity: int
+) -> None:
+    labels, n = pp.binary_instances(mask, min_size=min_size, connectivity=connectivity)
+    cleaned = morphology.remove_small_objects(
+        mask, max_size=max(min_size - 1, 0), connectivity=connectivity
+    )
+    ref = measure.label(cleaned, connectivity=connectivity)
+    np.testing.assert_array_equal(labels, ref)
+    assert n == ref.max() and labels.dtype == np.int32
+
+
+@settings(max_examples=80, deadline=None)
+@given(mask=masks, connectivity=st.sampled_from([1, 2]))
+def test_component_sizes_equal_bincount(mask: np.ndarray, connectivity: int) -> None:
+    labels, n = pp.label_components(mask, connectivity=connectivity)
+    np.testing.assert_array_equal(
+        pp.component_sizes(labels, n), np.bincount(labels.ravel(), minlength=n + 1)
+    )

@@ -628,3 +628,41 @@ def test_every_classic_segmenter_runs_on_real_data(
         fg = float((out.classes > 0).mean())
         if name not in ("slic", "felzenszwalb"):  # superpixels cover everything by default
             assert 0.0 < fg < 1.0, (name, dataset, fg)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 3000),
+    kind=st.sampled_from(["uniform", "8bit", "narrow", "rounded", "linspace"]),
+    nbins=st.sampled_from([2, 3, 17, 256, 1000, 65536]),
+)
+def test_float_histogram_and_otsu_equal_numpy_and_skimage(
+    seed: int, n: int, kind: str, nbins: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    values = {
+        "uniform": lambda: rng.random(n),
+        "8bit": lambda: rng.integers(0, 256, n) / 255.0,
+        "narrow": lambda: 1000 + rng.random(n) * 1e-3,  # loose error bound: NumPy fallback
+        "rounded": lambda: np.round(rng.normal(size=n), 2),  # many values on bin edges
+        "linspace": lambda: np.linspace(-3.0, 7.0, n),
+    }[kind]()
+    counts, edges = classic.float_histogram(values, nbins=nbins)
+    ref_counts, ref_edges = np.histogram(values, bins=nbins)
+    np.testing.assert_array_equal(counts, ref_counts)
+    np.testing.assert_array_equal(edges, ref_edges)
+    assert classic.otsu_threshold(values, nbins=nbins) == filters.threshold_otsu(
+        values, nbins=nbins
+    )
+    # multiotsu is fed the same histogram, normalised (MultiOtsuSegmenter.fit); its search is
+    # quadratic in nbins, so only the smaller bin counts
+    if nbins > 1000:
+        return
+    try:
+        ref_multi = filters.threshold_multiotsu(values, classes=3, nbins=nbins)
+    except ValueError:
+        return  # fewer than 3 occupied bins: the segmenter's own fallback handles it
+    counts_f, centers = classic._grey_histogram(values, nbins)
+    multi = filters.threshold_multiotsu(classes=3, hist=(counts_f / np.sum(counts_f), centers))
+    np.testing.assert_array_equal(multi, ref_multi)

@@ -89,6 +89,74 @@ FIT_MAX_PIXELS = 1 << 24
 SNAP_SAMPLE_PIXELS = 1 << 16
 
 
+_EPS64 = float(np.finfo(np.float64).eps)
+_HIST_BLOCK = 1 << 15
+
+
+def float_histogram(values: np.ndarray, *, nbins: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.histogram(values, bins=nbins)`` of finite float values, count for count, ~2x faster.
+
+    Returns ``(counts (nbins,) intp, edges (nbins + 1,) float64)``. NumPy computes each bin
+    index as ``(v - lo) / (hi - lo) * nbins`` and then corrects values within rounding error of
+    a bin edge by comparing them with the edges; here that correction runs only on the few
+    values whose fractional index lies within a (generous) error bound of an integer, in
+    cache-sized blocks. Values spread so thinly that the bound is loose fall back to NumPy.
+    """
+    flat = np.asarray(values, dtype=np.float64).reshape(-1)
+    if flat.size == 0:
+        return np.histogram(flat, bins=nbins)
+    lo, hi = flat.min(), flat.max()
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, nbins + 1, endpoint=True, dtype=np.float64)
+    denom = np.subtract(hi, lo)
+    # index error of a few roundings, in index units, relative to the magnitude of the values
+    tol = 64.0 * _EPS64 * nbins * (1.0 + max(abs(float(lo)), abs(float(hi))) / float(denom))
+    if not np.isfinite(tol) or tol > 1e-3:
+        return np.histogram(flat, bins=nbins)
+    counts = np.zeros(nbins, dtype=np.intp)
+    fbuf = np.empty(min(_HIST_BLOCK, flat.size), dtype=np.float64)
+    ibuf = np.empty(fbuf.size, dtype=np.intp)
+    for start in range(0, flat.size, _HIST_BLOCK):
+        v = flat[start : start + _HIST_BLOCK]
+        f, idx = fbuf[: v.size], ibuf[: v.size]
+        np.subtract(v, lo, out=f)  # the same three roundings as np.histogram
+        f /= denom
+        f *= nbins
+        idx[...] = f  # truncation, as astype(np.intp)
+        f -= idx  # fractional index, then its distance from the nearest integer
+        f -= 0.5
+        np.abs(f, out=f)
+        near = np.flatnonzero(f > 0.5 - tol)
+        if near.size:  # NumPy's edge corrections, on the values that may need them
+            vv, ind = v[near], idx[near]
+            ind[ind == nbins] -= 1
+            ind[vv < edges[ind]] -= 1
+            ind[(vv >= edges[ind + 1]) & (ind != nbins - 1)] += 1
+            idx[near] = ind
+        counts += np.bincount(idx, minlength=nbins)
+    return counts, edges
+
+
+def _grey_histogram(g: np.ndarray, nbins: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(counts, bin_centers)`` as ``skimage.exposure.histogram`` gives them for float ``g``."""
+    counts, edges = float_histogram(g, nbins=nbins)
+    return counts, (edges[:-1] + edges[1:]) / 2.0
+
+
+def otsu_threshold(g: np.ndarray, *, nbins: int = 256) -> float:
+    """``skimage.filters.threshold_otsu(g, nbins=nbins)`` of float ``g`` (any shape), exactly.
+
+    scikit-image's own histogram flattens a copy and runs ``np.histogram``; this feeds it the
+    same counts from :func:`float_histogram` (a 1 MP image: ~6 ms instead of ~20 ms).
+    """
+    flat = np.asarray(g, dtype=np.float64).reshape(-1)
+    lo, hi = flat.min(), flat.max()
+    if lo == hi:  # one value: scikit-image returns it
+        return float(lo)
+    return float(threshold_otsu(hist=_grey_histogram(flat, nbins)))
+
+
 # ---------------------------------------------------------------------------------------------
 # validation helpers
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +374,7 @@ class _Classic(Segmenter):
         img = _check_chw(image)
         self._snap = is_8bit_grid(img, max_pixels=SNAP_SAMPLE_PIXELS)
         g = grey(overview(img), axis=0, snap=self._snap)
-        self.threshold = float(threshold_otsu(g, nbins=self.nbins))
+        self.threshold = otsu_threshold(g, nbins=self.nbins)
         if self.polarity == "auto":
             self.dark = objects_are_dark(g, self.threshold)
         else:
@@ -371,6 +439,20 @@ class _Threshold(_Classic):
         if probabilities is None:
             raise ValueError(f"segmenter {self.name!r} finishes from class scores, got None")
         k = self.num_classes
+        if k == 2 and not self.opening and not self.fill_holes:
+            # binary, only small objects to drop: the clean-up and the instances share one
+            # labelling (the general path below labels the mask twice; same result)
+            fg = probabilities[1] > probabilities[0]  # argmax, ties to background
+            labels, n = postprocess.binary_instances(
+                fg, min_size=self.min_size, connectivity=self.connectivity
+            )
+            return Segmentation(
+                classes=(labels > 0).astype(np.int32),
+                probabilities=None,
+                instances=labels if self.instances else None,
+                instance_classes=dict.fromkeys(range(1, n + 1), 1) if self.instances else {},
+                class_names=self.class_names,
+            )
         classes = _argmax0(probabilities)
         classes = postprocess.clean_classes(
             classes,
@@ -503,7 +585,9 @@ class MultiOtsuSegmenter(_Threshold):
         """Thresholds (attribute ``thresholds``, ascending) and polarity of ``image``."""
         g = self._fit_otsu(image)
         try:
-            th = threshold_multiotsu(g, classes=self.classes, nbins=self.nbins)
+            counts, centers = _grey_histogram(g, self.nbins)
+            # normalised as scikit-image's own histogram(normalize=True) gives it
+            th = threshold_multiotsu(classes=self.classes, hist=(counts / np.sum(counts), centers))
         except ValueError:
             levels = np.unique(g)
             logger.debug("multiotsu: %d grey levels for %d classes", levels.size, self.classes)
