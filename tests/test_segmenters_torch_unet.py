@@ -162,3 +162,24 @@ def test_predict_pads_tiles_to_the_encoder_stride(tmp_path: Path) -> None:
     out = seg.predict(np.random.default_rng(0).random((2, 1, 37, 41), dtype=np.float32))
     assert out.shape == (2, 2, 37, 41)
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_cpu_microbatches_give_the_whole_batch_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from segflow.segmenters import torch_unet
+
+    save_model_dir(
+        _random_model(seed=3), tmp_path / "m", meta=ModelMeta(boundary=True, label_kind="instances")
+    )
+    seg = UnetSegmenter(model_path=tmp_path / "m", device="cpu")
+    x = np.random.default_rng(2).random((5, 1, 32, 48), dtype=np.float32)
+    whole = seg.predict(x)  # 5 * 32 * 48 pixels: one piece under the default limit
+    monkeypatch.setattr(torch_unet, "CPU_MICROBATCH_PIXELS", 2 * 32 * 48)  # pieces of 2, 2, 1
+    pieces = seg.predict(x)
+    with torch.no_grad():  # the module on each window alone: the oracle for both
+        single = [seg.module(torch.from_numpy(x[i : i + 1])) for i in range(5)]
+    want = np.concatenate([np.concatenate([p.numpy() for p in out], axis=1) for out in single])
+    assert pieces.shape == whole.shape == (5, 3, 32, 48)
+    np.testing.assert_allclose(pieces, want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(whole, want, rtol=0, atol=1e-6)

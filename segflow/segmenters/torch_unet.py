@@ -288,6 +288,13 @@ def export_onnx(
 # the segmenter
 
 
+#: On the CPU a batch is run in pieces of at most this many input pixels (one 512 x 512
+#: window). A batch of eight such windows makes every layer's output ~134 MB, which glibc maps
+#: and unmaps layer by layer: ~1.5x slower per window and ~6x the peak memory of single windows,
+#: with bit-identical outputs (``benchmarks/models.py``). CUDA keeps whole batches.
+CPU_MICROBATCH_PIXELS = 512 * 512
+
+
 @register("unet")
 class UnetSegmenter(Segmenter):
     """U-Net (or any smp architecture) from a local checkpoint folder, on CPU or CUDA.
@@ -447,11 +454,16 @@ class UnetSegmenter(Segmenter):
         tensor = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
         if self.device.type == "cuda":
             tensor = tensor.contiguous(memory_format=torch.channels_last)
+        step = tensor.shape[0]
+        if self.device.type == "cpu":
+            step = max(1, CPU_MICROBATCH_PIXELS // (tensor.shape[2] * tensor.shape[3]))
+        pieces = []
         with torch.inference_mode(), autocast(self.device, enabled=self.amp):
-            out = self.module(tensor)
-            parts = list(out) if isinstance(out, tuple) else [out]
-            joined = torch.cat([p.float() for p in parts], dim=1)
-        result = joined.cpu().numpy()
+            for start in range(0, tensor.shape[0], step):
+                out = self.module(tensor[start : start + step])
+                parts = list(out) if isinstance(out, tuple) else [out]
+                pieces.append(torch.cat([p.float() for p in parts], dim=1))
+        result = (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).cpu().numpy()
         return np.ascontiguousarray(result[:, :, :height, :width], dtype=np.float32)
 
     def finish(
