@@ -64,7 +64,15 @@ Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
 #: in flight small.
 DEFAULT_CHUNK_SIZE = 8
 
-DEFAULT_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DEFAULT_EXTENSIONS: tuple[str, ...] = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".zarr",  # a folder: a Zarr array / OME-Zarr image, streamed by window (segflow.large)
+)
 
 #: Identifies the preprocessing step (``segflow.preprocess.to_float_chw``) in the config hash;
 #: bump it when that step changes its output.

@@ -3,6 +3,8 @@
 * :func:`list_images` walks a folder (``/data/x``, ``file:///data/x``, ``memory://x``, ``s3://b/p``
   when s3fs is installed), recursively by default, and keeps files whose name ends with one of the
   extensions (case-insensitive). Hidden files and folders (name starting with ``.``) are skipped.
+  With ``.zarr`` among the extensions, a local folder named ``*.zarr`` (a Zarr array or OME-Zarr
+  image) is one item, read by window by :mod:`segflow.large`; its identity hashes its files.
   Items are sorted by relative path, so listings are reproducible.
 * An image's identity is the sha256 of its bytes (:func:`hash_items`), so renaming or moving a
   file does not make it new, and changing its bytes does.
@@ -107,14 +109,28 @@ def _list_files(
             excluded.append(fsspec.core.url_to_fs(str(ex))[1].rstrip("/") + "/")
         except (ValueError, ImportError):  # an unusable exclude cannot match anything
             continue
-    found = fs.find(root, maxdepth=None if recursive else 1, withdirs=False, detail=True)
+    zarr = ".zarr" in extensions
+    # a Zarr store is a folder of chunk files: its files are found under any depth
+    found = fs.find(
+        root, maxdepth=None if recursive or zarr else 1, withdirs=False, detail=True
+    )
     out: list[tuple[str, str, int]] = []
+    stores: dict[str, int] = {}  # rel path of a Zarr store -> total bytes
     prefix = root if root.endswith("/") else root + "/"
     for path, info in found.items():
         if info.get("type", "file") != "file" or not path.startswith(prefix):
             continue
         rel = path[len(prefix) :]
-        if any(part.startswith(".") for part in rel.split("/")):
+        parts = rel.split("/")
+        if any(part.startswith(".") and not _zarr_metadata(part) for part in parts):
+            continue
+        store = _zarr_store(parts) if zarr else None
+        if store is not None:
+            if store.count("/") and not recursive:
+                continue
+            stores[store] = stores.get(store, 0) + int(info.get("size") or 0)
+            continue
+        if not recursive and len(parts) > 1:
             continue
         if not rel.lower().endswith(extensions):
             continue
@@ -122,8 +138,26 @@ def _list_files(
             continue
         uri = path if plain else fs.unstrip_protocol(path)
         out.append((uri, rel, int(info.get("size") or 0)))
+    for rel, size in stores.items():
+        if plain and not any((prefix + rel + "/").startswith(ex) for ex in excluded):
+            out.append((prefix + rel, rel, size))
+        elif not plain:
+            logger.warning("skipping Zarr store %s: Zarr inputs are read from local folders", rel)
     out.sort(key=lambda t: t[1])
     return out
+
+
+def _zarr_metadata(name: str) -> bool:
+    """Zarr v2's metadata files start with a dot (``.zarray``, ``.zgroup``, ``.zattrs``)."""
+    return name in (".zarray", ".zgroup", ".zattrs", ".zmetadata")
+
+
+def _zarr_store(parts: list[str]) -> str | None:
+    """The relative path of the outermost ``*.zarr`` folder holding a file, if any."""
+    for i, part in enumerate(parts[:-1]):
+        if part.lower().endswith(".zarr"):
+            return "/".join(parts[: i + 1])
+    return None
 
 
 def _stem(rel: str) -> str:
@@ -169,12 +203,29 @@ def read_bytes(uri: str) -> bytes:
 
 
 def sha256_file(uri: str) -> str:
-    """sha256 hex digest of the bytes at ``uri``, read in 1 MiB blocks (constant memory)."""
+    """sha256 hex digest of the bytes at ``uri``, read in 1 MiB blocks (constant memory).
+
+    A local folder (a Zarr store) hashes as the sha256 of its files' relative paths and bytes,
+    in sorted order: the same array written again gives the same identity.
+    """
+    if not _has_protocol(uri) and Path(uri).is_dir():
+        return _sha256_folder(Path(uri))
     digest = hashlib.sha256()
     opener = open(uri, "rb") if not _has_protocol(uri) else fsspec.open(uri, "rb").open()
     with opener as fh:
         while block := fh.read(_HASH_BLOCK):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256_folder(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode("utf-8") + b"\0")
+        with open(path, "rb") as fh:
+            while block := fh.read(_HASH_BLOCK):
+                digest.update(block)
+        digest.update(b"\0")
     return digest.hexdigest()
 
 

@@ -234,37 +234,33 @@ def should_stream(
 ) -> bool:
     """Whether the file at ``path`` goes through the streaming path.
 
-    ``mode``: ``"never"`` -> False; ``"always"`` -> True for every TIFF file and Zarr store;
-    ``"auto"`` -> True for TIFF files and Zarr stores with more than ``threshold_pixels`` pixels,
-    or more than ``max_pixels`` (the in-memory path would refuse them). Only the first bytes and
+    A Zarr store (a folder) always streams: it has no whole-file form to decode. For TIFF files,
+    ``mode``: ``"never"`` -> False; ``"always"`` -> True; ``"auto"`` -> True above
+    ``threshold_pixels`` pixels, or above ``max_pixels`` (the in-memory path would refuse them). Only the first bytes and
     the TIFF header are read. Other formats (PNG, JPEG, ...) never stream: they must be decoded
     whole, and the decompression-bomb guard refuses the oversized ones.
     """
     _check_choice("mode", mode, LARGE_MODES)
     threshold = _check_int("threshold_pixels", threshold_pixels, lo=1)
-    if mode == "never":
-        return False
     p = os.fspath(path)
     if is_zarr_path(p):
-        if mode == "always":
-            return True
-        with open_source(p) as src:
-            pixels = src.height * src.width
-    else:
-        try:
-            with open(p, "rb") as fh:
-                head = fh.read(4)
-        except OSError:
-            return False  # the normal path reports the unreadable file
-        if head not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-            return False
-        if mode == "always":
-            return True
-        try:
-            header = read_header(p)
-        except ImageReadError:
-            return False  # the normal path reports the corrupt file
-        pixels = header.height * header.width
+        return True  # a Zarr store has no whole-file form: it is always read by window
+    if mode == "never":
+        return False
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False  # the normal path reports the unreadable file
+    if head not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return False
+    if mode == "always":
+        return True
+    try:
+        header = read_header(p)
+    except ImageReadError:
+        return False  # the normal path reports the corrupt file
+    pixels = header.height * header.width
     return pixels > threshold or (max_pixels is not None and pixels > max_pixels)
 
 
