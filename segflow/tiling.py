@@ -482,11 +482,12 @@ def predict_tiled(
 
     Notes
     -----
-    Windows are merged with :class:`GridMerger`. From the second batch on, merging batch ``i``
-    runs in one helper thread while the predictor works on batch ``i + 1`` (at most two threads
-    busy; numpy releases the GIL). This needs the predictor to return new memory each call; one
-    that returns the same buffer for batches 0 and 1 is merged in line throughout, and one that
-    starts reusing a buffer later raises ``RuntimeError`` rather than risk a torn result.
+    Windows are merged with :class:`GridMerger` in one helper thread (at most two threads busy;
+    numpy releases the GIL): batch 0's merge overlaps the gathering of batch 1, and from the
+    second batch on, merging batch ``i`` overlaps gathering and predicting batch ``i + 1``.
+    This needs the predictor to return new memory each call; one that returns the same buffer
+    for batches 0 and 1 is merged in line from then on, and one that starts reusing a buffer
+    later raises ``RuntimeError`` rather than risk a torn result.
     Memory: the ``(K, H, W)`` float32 result (plus the padded copy for images smaller than a
     tile) and about two batches of inputs and outputs.
     """
@@ -520,15 +521,17 @@ def predict_tiled(
     merger: Merger | None = None
     # Merging batch i (numpy, which releases the GIL) runs in one helper thread while the main
     # thread gathers and predicts batch i + 1. That is only safe when the predictor returns new
-    # memory each call: batch 0 is merged in line, and batch 1's outputs are compared with batch
-    # 0's before any merge overlaps a predictor call; a predictor that reuses its output buffer
-    # is merged in line throughout.
+    # memory each call: batch 0's merge overlaps only the gathering of batch 1 and ends before
+    # the predictor is called again, and batch 1's outputs are compared with batch 0's before
+    # any merge overlaps a predictor call; a predictor that reuses its output buffer is merged
+    # in line from then on.
     previous: np.ndarray | None = None
     pending: Future[None] | None = None
     in_line = True
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-merge") as pool:
+        ready = [_gather(padded, chunks[0], tile_)]  # the next batch, popped: not kept here
         for index, chunk in enumerate(chunks):
-            outputs = np.asarray(predictor(_gather(padded, chunk, tile_)), dtype=np.float32)
+            outputs = np.asarray(predictor(ready.pop()), dtype=np.float32)
             if (
                 outputs.ndim != 4
                 or outputs.shape[0] != len(chunk)
@@ -560,10 +563,17 @@ def predict_tiled(
                 in_line = True
             elif index == 1:
                 in_line = False
-            if in_line or index == len(chunks) - 1:
+            last = index == len(chunks) - 1
+            if index == 0 and not last:
+                merged = pool.submit(_merge, merger, outputs, chunk)
+                ready.append(_gather(padded, chunks[1], tile_))
+                merged.result()
+            elif in_line or last:
                 _merge(merger, outputs, chunk)
             else:
                 pending = pool.submit(_merge, merger, outputs, chunk)
+            if index > 0 and not last:
+                ready.append(_gather(padded, chunks[index + 1], tile_))
             previous = outputs
         if pending is not None:
             pending.result()
