@@ -181,15 +181,9 @@ def _api_description() -> str:
 
 def _execute(config: Any, *, workers: int | None, quiet: bool) -> tuple[int, dict[str, Any] | None]:
     """Run ``segment_batch`` (imported here, lazily); return (exit status, summary)."""
-    from flows.segment_batch import segment_batch  # the CLI's one Prefect-side import
+    from flows.segment_batch import segment_batch_for  # the CLI's one Prefect-side import
 
-    flow_fn = segment_batch
-    if workers is not None:
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        flow_fn = segment_batch.with_options(
-            task_runner=ThreadPoolTaskRunner(max_workers=workers)  # type: ignore[arg-type]
-        )
+    flow_fn = segment_batch_for(config, workers=workers)
     attached = None if quiet else _attach_progress(sys.stderr)
     try:
         state = flow_fn(config, return_state=True)

@@ -2,8 +2,10 @@
 
 A ``prefect server`` child process (temporary PREFECT_HOME, free port) records the runs; a child
 Python process runs ``segment_batch`` three times on the same synthetic batch: the thread pool,
-a local Dask cluster of 2 worker processes (``task_runner="dask", dask_workers=2``), and an
-existing cluster given by address (``dask_address``) whose task stream shows both workers busy.
+a local Dask cluster of 2 worker processes (``task_runner="dask", dask_workers=2``: the flow
+hands itself over to a Dask subflow, as a deployment run does), and an existing cluster given by
+address (``dask_address``, through ``segment_batch_for`` as the CLI runs it: the Dask runner
+chosen before the run) whose task stream shows both workers busy.
 About 60 s on 2 cores.
 """
 
@@ -29,7 +31,7 @@ from pathlib import Path
 
 def main():
     from distributed import Client, LocalCluster, get_task_stream
-    from flows.segment_batch import segment_batch
+    from flows.segment_batch import segment_batch, segment_batch_for
     from segflow.config import RunConfig
     from segflow.synth import make_dataset
 
@@ -46,8 +48,8 @@ def main():
                       dashboard_address=None) as cluster, Client(cluster) as client:
         config = RunConfig(out=str(root / "address"), task_runner="dask",
                            dask_address=cluster.scheduler_address, **common)
-        with get_task_stream(client) as stream:
-            state = segment_batch(config, return_state=True)
+        with get_task_stream(client) as stream:  # runner chosen up front: no hand-over subflow
+            state = segment_batch_for(config)(config, return_state=True)
         out["address"] = {"state": state.type.value, "summary": state.result(raise_on_failure=False),
                           "workers": sorted({t["worker"] for t in stream.data})}
     print(json.dumps(out, default=str))
