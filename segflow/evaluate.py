@@ -404,7 +404,6 @@ def process_image(
         timings["t_preprocess_ms"] = _ms(t0)
 
         stage = "segment"
-        t0 = time.perf_counter()
         seg = segment_image(
             segmenter,
             chw,
@@ -412,9 +411,9 @@ def process_image(
             overlap=config.overlap,
             blend=config.blend,
             batch_size=config.batch_size,
+            timings=timings,  # t_segment_ms, t_stitch_ms
         )
         del chw
-        timings["t_segment_ms"] = _ms(t0)
 
         t0 = time.perf_counter()
         truth = None

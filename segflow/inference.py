@@ -33,6 +33,7 @@ Where each step runs:
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,7 @@ def segment_image(
     blend: str = "gaussian",
     batch_size: int = 8,
     max_untiled_pixels: int = DEFAULT_MAX_UNTILED_PIXELS,
+    timings: dict[str, float] | None = None,
 ) -> Segmentation:
     """Segment ``image`` with ``segmenter``.
 
@@ -104,6 +106,11 @@ def segment_image(
         Images of up to this many pixels are labelled in one call by instance labelers that
         handle any size (``segmenter.labels_whole_image``), and predicted in one call by
         pointwise segmenters (same result as tiled); 0 = always tile.
+    timings : dict, optional
+        Filled with ``t_segment_ms`` (prepare, fit, and the tiles' predictions or labels with
+        their blending / merging, which run interleaved) and ``t_stitch_ms`` (``finish``: from
+        the image-wide scores or labels to the final classes and instances: argmax, clean-up,
+        connected components).
 
     Returns
     -------
@@ -119,6 +126,7 @@ def segment_image(
     """
     img = _check_image(image)
     _check_options(tile, overlap, blend, batch_size, max_untiled_pixels)
+    t0 = time.perf_counter()
     _, h, w = img.shape
 
     prepared = segmenter.prepare(img)
@@ -171,7 +179,11 @@ def segment_image(
                 f"segmenter {segmenter.name!r}: class scores must be (K, {h}, {w}), "
                 f"got {probabilities.shape}"
             )
+    t1 = time.perf_counter()
     seg = segmenter.finish(probabilities, img, labels=labels)
+    if timings is not None:
+        timings["t_segment_ms"] = (t1 - t0) * 1000.0
+        timings["t_stitch_ms"] = (time.perf_counter() - t1) * 1000.0
     if seg.classes.shape != (h, w):
         raise ValueError(
             f"segmenter {segmenter.name!r}: finish() returned classes of shape "

@@ -111,9 +111,7 @@ def _list_files(
             continue
     zarr = ".zarr" in extensions
     # a Zarr store is a folder of chunk files: its files are found under any depth
-    found = fs.find(
-        root, maxdepth=None if recursive or zarr else 1, withdirs=False, detail=True
-    )
+    found = fs.find(root, maxdepth=None if recursive or zarr else 1, withdirs=False, detail=True)
     out: list[tuple[str, str, int]] = []
     stores: dict[str, int] = {}  # rel path of a Zarr store -> total bytes
     prefix = root if root.endswith("/") else root + "/"

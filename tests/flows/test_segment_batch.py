@@ -119,6 +119,7 @@ def test_every_good_image_one_metrics_row_every_bad_file_one_error_row(
     assert with_gt[["fg_iou", "inst_f1", "dsb_score", "inst_tp"]].notna().all().all()
     assert (with_gt["fg_iou"] > 0.6).all()
     assert (metrics["t_total_ms"] > 0).all() and (metrics["t_segment_ms"] > 0).all()
+    assert (metrics["t_stitch_ms"] > 0).all()  # finish: argmax, clean-up, components
     assert (metrics["segmenter"] == "otsu").all()
     assert (metrics["run_id"] == first_run["summary"]["run_id"]).all()
 

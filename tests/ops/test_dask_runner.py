@@ -64,6 +64,7 @@ DROP = (
     "t_read_ms",
     "t_preprocess_ms",
     "t_segment_ms",
+    "t_stitch_ms",
     "t_evaluate_ms",
     "t_total_ms",
 )
