@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import posixpath
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -116,8 +117,15 @@ def _list_files(
     stores: dict[str, int] = {}  # rel path of a Zarr store -> total bytes
     prefix = root if root.endswith("/") else root + "/"
     for path, info in found.items():
-        if info.get("type", "file") != "file" or not path.startswith(prefix):
+        if not path.startswith(prefix):
             continue
+        if info.get("type", "file") != "file":
+            # fsspec reports a local symlink as "other". One to a file is that file (split
+            # folders made of symlinks are common); a dangling one is listed too, so that it
+            # becomes an `errors` row rather than vanishing; links to folders are not followed.
+            if not (plain and info.get("islink") and not os.path.isdir(path)):
+                continue
+            info = {**info, "size": os.path.getsize(path) if os.path.isfile(path) else 0}
         rel = path[len(prefix) :]
         parts = rel.split("/")
         if any(part.startswith(".") and not _zarr_metadata(part) for part in parts):

@@ -232,3 +232,22 @@ def test_read_ground_truth_errors(tmp_path: Path, label_png: tuple[Path, np.ndar
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ImageReadError):
         read_ground_truth(tmp_path / "bad.png", gt_format="binary")
+
+
+def test_symlinks_to_files_are_listed_and_dangling_ones_kept_for_errors(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "a.png").write_bytes(b"a-bytes")
+    (real / "sub").mkdir()
+    (real / "sub" / "b.png").write_bytes(b"b")
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "a.png").symlink_to(real / "a.png")
+    (split / "gone.png").symlink_to(real / "missing.png")  # dangling
+    (split / "linked_dir").symlink_to(real / "sub", target_is_directory=True)
+    items = list_images(split)
+    assert [i.rel_path for i in items] == ["a.png", "gone.png"]
+    assert items[0].size == len(b"a-bytes") and items[1].size == 0
+    hashed = hash_items(items)
+    assert hashed[0].sha256 == hashlib.sha256(b"a-bytes").hexdigest()
+    assert hashed[1].sha256 is None  # unreadable: processing reports it as an error row
