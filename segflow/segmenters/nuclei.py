@@ -438,7 +438,7 @@ class NucleiSegmenter(OnnxSegmenter):
     threshold, seed_threshold, min_seed, min_size : see :func:`instances_from_boundary`
     h : distance-watershed dynamics for models without a boundary head
     tta : test-time augmentation: average the outputs over the 4 flips of every window (4 times
-        the compute; on held-out DSB images +0.003 foreground IoU, +0.01 instance F1)
+        the compute; on held-out DSB images +0.001 foreground IoU, +0.002 instance F1)
     tile : largest window side (rounded up to a multiple of 16); larger images are tiled
     halo : pixels cropped from window borders inside the image when tiling
     device, threads, batch_size : as for the ``onnx`` segmenter
