@@ -179,10 +179,6 @@ def segment_batch_for(config: RunConfig, *, workers: int | None = None) -> Flow[
     instead of two: about a second less per run); deployments, whose parameters arrive with the
     run, keep the hand-over inside ``segment_batch``. ``workers`` sizes the thread pool.
     """
-    if config.task_runner == "dask":
-        return segment_batch.with_options(task_runner=task_runner_for(config))
-    if workers is not None:
-        return segment_batch.with_options(
-            task_runner=ThreadPoolTaskRunner(max_workers=workers)  # type: ignore[arg-type]
-        )
-    return segment_batch
+    if config.task_runner == "threads" and workers is None:
+        return segment_batch  # the decorator's thread pool
+    return segment_batch.with_options(task_runner=task_runner_for(config, workers=workers))

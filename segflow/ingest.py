@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, BinaryIO, Literal
 
 import fsspec
 import numpy as np
@@ -219,9 +219,13 @@ def sha256_file(uri: str) -> str:
     digest = hashlib.sha256()
     opener = open(uri, "rb") if not _has_protocol(uri) else fsspec.open(uri, "rb").open()
     with opener as fh:
-        while block := fh.read(_HASH_BLOCK):
-            digest.update(block)
+        _hash_stream(digest, fh)
     return digest.hexdigest()
+
+
+def _hash_stream(digest: Any, fh: BinaryIO) -> None:
+    while block := fh.read(_HASH_BLOCK):
+        digest.update(block)
 
 
 def _sha256_folder(folder: Path) -> str:
@@ -229,8 +233,7 @@ def _sha256_folder(folder: Path) -> str:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(path.relative_to(folder).as_posix().encode("utf-8") + b"\0")
         with open(path, "rb") as fh:
-            while block := fh.read(_HASH_BLOCK):
-                digest.update(block)
+            _hash_stream(digest, fh)
         digest.update(b"\0")
     return digest.hexdigest()
 

@@ -236,8 +236,8 @@ def should_stream(
 
     A Zarr store (a folder) always streams: it has no whole-file form to decode. For TIFF files,
     ``mode``: ``"never"`` -> False; ``"always"`` -> True; ``"auto"`` -> True above
-    ``threshold_pixels`` pixels, or above ``max_pixels`` (the in-memory path would refuse them). Only the first bytes and
-    the TIFF header are read. Other formats (PNG, JPEG, ...) never stream: they must be decoded
+    ``threshold_pixels`` pixels, or above ``max_pixels`` (the in-memory path would refuse
+    them). Only the first bytes and the TIFF header are read. Other formats (PNG, JPEG, ...) never stream: they must be decoded
     whole, and the decompression-bomb guard refuses the oversized ones.
     """
     _check_choice("mode", mode, LARGE_MODES)

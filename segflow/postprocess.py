@@ -33,7 +33,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
 
 __all__ = [
     "CONNECTIVITIES",
@@ -75,10 +74,6 @@ def _check_mask(mask: np.ndarray) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"mask must be a 2-D (H, W) array, got shape {arr.shape}")
     return arr.astype(bool, copy=False)
-
-
-def _structure(connectivity: int) -> np.ndarray:
-    return ndi.generate_binary_structure(2, connectivity)
 
 
 def disk(radius: int) -> np.ndarray:
@@ -178,10 +173,15 @@ def remove_small_objects(mask: np.ndarray, *, min_size: int, connectivity: int =
     if n_min <= 1 or not m.any():
         return m
     labels, n = label_components(m, connectivity=connectivity)
+    # ids are in range: "clip" skips take's bounds check (4x faster than the default)
+    return np.take(_kept(labels, n, n_min), labels, mode="clip")
+
+
+def _kept(labels: np.ndarray, n: int, n_min: int) -> np.ndarray:
+    """(n + 1,) bool: components ``1..n`` of at least ``n_min`` pixels (background False)."""
     keep = component_sizes(labels, n) >= n_min
     keep[0] = False
-    # ids are in range: "clip" skips take's bounds check (4x faster than the default)
-    return np.take(keep, labels, mode="clip")
+    return keep
 
 
 def component_sizes(labels: np.ndarray, n: int) -> np.ndarray:
@@ -210,8 +210,7 @@ def binary_instances(
     labels, n = label_components(m, connectivity=connectivity)
     if n_min <= 1 or n == 0:
         return labels, n
-    keep = component_sizes(labels, n) >= n_min
-    keep[0] = False
+    keep = _kept(labels, n, n_min)
     if keep[1:].all():
         return labels, n
     lut = np.cumsum(keep, dtype=np.int32)

@@ -524,12 +524,12 @@ def predict_tiled(
     # memory each call: batch 0's merge overlaps only the gathering of batch 1 and ends before
     # the predictor is called again, and batch 1's outputs are compared with batch 0's before
     # any merge overlaps a predictor call; a predictor that reuses its output buffer is merged
-    # in line from then on.
+    # in line (finished before its next call) from then on.
     previous: np.ndarray | None = None
     pending: Future[None] | None = None
     in_line = True
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-merge") as pool:
-        ready = [_gather(padded, chunks[0], tile_)]  # the next batch, popped: not kept here
+        ready = [_gather(padded, chunks[0], tile_)]  # handed over by pop(): inputs not kept
         for index, chunk in enumerate(chunks):
             outputs = np.asarray(predictor(ready.pop()), dtype=np.float32)
             if (
@@ -563,17 +563,17 @@ def predict_tiled(
                 in_line = True
             elif index == 1:
                 in_line = False
-            last = index == len(chunks) - 1
-            if index == 0 and not last:
-                merged = pool.submit(_merge, merger, outputs, chunk)
-                ready.append(_gather(padded, chunks[1], tile_))
-                merged.result()
-            elif in_line or last:
+            if index == len(chunks) - 1:
                 _merge(merger, outputs, chunk)
             else:
-                pending = pool.submit(_merge, merger, outputs, chunk)
-            if index > 0 and not last:
+                # the merge overlaps the gathering of the next batch; merged in line, it also
+                # ends before the predictor runs again
+                merged = pool.submit(_merge, merger, outputs, chunk)
                 ready.append(_gather(padded, chunks[index + 1], tile_))
+                if in_line:
+                    merged.result()
+                else:
+                    pending = merged
             previous = outputs
         if pending is not None:
             pending.result()
