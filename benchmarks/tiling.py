@@ -7,7 +7,10 @@ gives the same window starts), gaussian blending (sigma = 0.125 * tile on both s
 The predictor is the same cheap pointwise function for both, so the comparison measures the
 tiling machinery (gather windows, run predictor, blend, normalise):
 
-* ``segflow``: ``predict_tiled(image, predict_np, ...)`` (main thread + one merge thread);
+* ``segflow``: ``predict_tiled(image, predict_np, ...)`` (main thread + one merge thread). A
+  row of the grid holds 9 windows, so segflow's batches are 5 + 4 windows of one row each, handed
+  to the predictor as read-only views of the image (no gather copy); MONAI copies 8 windows per
+  batch into a new tensor;
 * ``monai``: ``sliding_window_inference`` with ``predict_np`` wrapped zero-copy
   (``torch.from_numpy(predict_np(t.numpy()))``): identical work per tile, torch with 2 threads;
 * ``monai_torch_op``: MONAI with the same operation written in torch;

@@ -27,9 +27,12 @@ in-memory weighted mean for windows in any order, :class:`GridMerger` the same m
 :func:`tile_grid` grid in raster order, without a weight-sum map (what :func:`predict_tiled`
 uses). A streaming or on-disk merger (Zarr, memmap) can implement the same interface.
 
-Speed (``benchmarks/tiling.py``): the work per window is one copy of the window into the batch,
-the predictor, one copy of the never-covered part of the prediction into the result, and three
-passes over the overlap band; merging runs in a helper thread while the next batch is predicted.
+Speed (``benchmarks/tiling.py``): the input windows are not copied where they need not be: a
+batch of windows from one row of the grid, evenly spaced, is handed to the predictor as a
+read-only strided view of the image (``(N, C, t, t)``, window ``i`` starting ``i * step`` columns
+after the first). The rest of the work per window is the predictor, one copy of the
+never-covered part of the prediction into the result, and three passes over the overlap band;
+merging runs in a helper thread while the next batch is predicted.
 """
 
 from __future__ import annotations
@@ -437,12 +440,45 @@ def _merge(merger: Merger, outputs: np.ndarray, windows: list[Window]) -> None:
 
 
 def _gather(image: np.ndarray, windows: list[Window], tile: int) -> np.ndarray:
-    """The windows of ``image`` ``(C, H, W)`` stacked into a new ``(N, C, tile, tile)`` array."""
+    """The windows of ``image`` ``(C, H, W)`` as one ``(N, C, tile, tile)`` read-only batch.
+
+    Windows in one row with equal steps are a strided view of ``image`` (no copy; windows
+    overlap in memory); any other set is copied into a new array.
+    """
+    first = windows[0]
+    steps = {b.x - a.x for a, b in itertools.pairwise(windows)}
+    if all(w.y == first.y for w in windows) and len(steps) <= 1:
+        step = steps.pop() if steps else 0
+        strides = image.strides
+        return np.lib.stride_tricks.as_strided(
+            image[:, first.y : first.y + tile, first.x :],
+            shape=(len(windows), image.shape[0], tile, tile),
+            strides=(step * strides[2], *strides),
+            writeable=False,
+        )
     batch = np.empty((len(windows), image.shape[0], tile, tile), dtype=np.float32)
     for i, window in enumerate(windows):
         rows, cols = window.slices
         batch[i] = image[:, rows, cols]
+    batch.flags.writeable = False
     return batch
+
+
+def _batches(windows: list[Window], per_row: int, batch_size: int) -> list[list[Window]]:
+    """Split raster-ordered ``windows`` into predictor batches of at most ``batch_size``.
+
+    When a row of the grid holds at least ``batch_size`` windows, batches stay within a row
+    (each row split into near-equal parts, so every batch is at least half full) and can be
+    served as views (:func:`_gather`); otherwise batches run across rows, full but copied.
+    """
+    if per_row < batch_size:
+        return [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+    parts = -(-per_row // batch_size)
+    batches: list[list[Window]] = []
+    for row in range(0, len(windows), per_row):
+        bounds = [row + per_row * k // parts for k in range(parts + 1)]
+        batches.extend(windows[a:b] for a, b in itertools.pairwise(bounds))
+    return batches
 
 
 def predict_tiled(
@@ -464,15 +500,20 @@ def predict_tiled(
     predictor : callable
         Maps a batch ``(N, C, tile, tile) float32`` to ``(N, K, tile, tile)`` (converted to
         float32); ``K`` must be the same for every batch. A numpy function, or a torch model
-        wrapped as ``lambda b: model(torch.from_numpy(b)).detach().cpu().numpy()``. It is
-        always called from the calling thread, one batch at a time, with a new input array.
+        wrapped as ``lambda b: model(torch.from_numpy(np.array(b))).detach().cpu().numpy()``.
+        It is always called from the calling thread, one batch at a time. The batch is
+        **read-only** and may be a strided view into ``image`` (windows of one grid row, see
+        the module docstring), so a predictor that needs contiguous or writable memory copies it
+        (``np.array(b)``); batches stay valid after the call.
     tile, overlap : int
         See :func:`tile_grid`. Sides shorter than ``tile`` are padded by reflection
         (:func:`pad_to_tile`) and the result is cropped back.
     blend : {"constant", "linear", "gaussian"}
         Weights of :func:`blend_weights`.
     batch_size : int
-        Windows per predictor call, ``>= 1``.
+        Windows per predictor call at most, ``>= 1``. When a row of the grid holds at least
+        ``batch_size`` windows, a batch never spans two rows (each row is split into near-equal
+        batches, so they are at least half full); otherwise batches are full, across rows.
 
     Returns
     -------
@@ -517,7 +558,7 @@ def predict_tiled(
         width,
     )
 
-    chunks = [windows[i : i + batch_size_] for i in range(0, len(windows), batch_size_)]
+    chunks = _batches(windows, len(xs), batch_size_)
     merger: Merger | None = None
     # Merging batch i (numpy, which releases the GIL) runs in one helper thread while the main
     # thread gathers and predicts batch i + 1. That is only safe when the predictor returns new
@@ -550,7 +591,13 @@ def predict_tiled(
                     f"predictor returned K = {outputs.shape[1]} channels, earlier batches had "
                     f"K = {merger.shape[0]}; K must be the same for every batch"
                 )
-            reused = previous is not None and np.may_share_memory(outputs, previous)
+            # outputs that are views of the (never written) input, as an identity predictor
+            # returns, are safe to merge while the next batch runs
+            reused = (
+                previous is not None
+                and np.may_share_memory(outputs, previous)
+                and not np.may_share_memory(outputs, padded)
+            )
             if pending is not None:
                 if reused:
                     raise RuntimeError(

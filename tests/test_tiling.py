@@ -341,6 +341,45 @@ def test_predict_tiled_batches_and_keeps_inputs_intact() -> None:
         assert np.array_equal(tile_input, image[:, win.y : win.y + 10, win.x : win.x + 10])
 
 
+@pytest.mark.parametrize(("width", "batch_size"), [(60, 3), (60, 8), (47, 4), (30, 2), (12, 5)])
+def test_predict_tiled_batches_stay_in_a_row_and_are_read_only(width: int, batch_size: int) -> None:
+    """Rows of >= batch_size windows are split into near-equal batches (>= half full), each a
+    read-only view when evenly spaced; otherwise batches are full and run across rows."""
+    image = np.random.default_rng(4).random((2, 25, width), dtype=np.float32)
+    windows = tile_grid(25, width, tile=8, overlap=2)
+    per_row = len({w.x for w in windows})
+    seen: list[np.ndarray] = []
+
+    def spy(batch: np.ndarray) -> np.ndarray:
+        assert not batch.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            batch[0, 0, 0, 0] = 1.0
+        seen.append(batch)
+        return pointwise(batch)
+
+    got = predict_tiled(image, spy, tile=8, overlap=2, batch_size=batch_size)
+    assert np.array_equal(got, pointwise(image[None])[0])
+    sizes = [len(b) for b in seen]
+    assert sum(sizes) == len(windows) and max(sizes) <= batch_size
+    if per_row >= batch_size:
+        assert min(sizes) >= (batch_size + 1) // 2
+        assert len(seen) == len({w.y for w in windows}) * -(-per_row // batch_size)
+    else:
+        assert sizes[:-1] == [batch_size] * (len(sizes) - 1)
+    stacked = np.concatenate(seen)  # every batch still holds its windows after the call
+    for tile_input, win in zip(stacked, windows, strict=True):
+        assert np.array_equal(tile_input, image[:, win.y : win.y + 8, win.x : win.x + 8])
+    # views of the image wherever the batch's windows are one row apart by equal steps
+    views = [b for b in seen if np.shares_memory(b, image)]
+    assert per_row < batch_size or views
+
+
+def test_identity_predictor_returning_views_is_exact() -> None:
+    image = np.random.default_rng(6).random((3, 40, 70), dtype=np.float32)
+    got = predict_tiled(image, lambda b: b, tile=16, overlap=5, blend="gaussian", batch_size=2)
+    assert np.array_equal(got, image)
+
+
 def test_predict_tiled_converts_float64_input() -> None:
     image = np.random.default_rng(5).random((1, 12, 12))
     got = predict_tiled(image, pointwise, tile=5, overlap=2)
@@ -380,7 +419,7 @@ def test_predict_tiled_rejects_bad_arguments(
 def test_predict_tiled_rejects_bad_predictor_output() -> None:
     image = np.zeros((1, 10, 10), np.float32)
     with pytest.raises(
-        ValueError, match=r"must return \(N, K, 4, 4\) with N = 2, got shape \(2, 1, 3, 3\)"
+        ValueError, match=r"must return \(N, K, 4, 4\) with N = 1, got shape \(1, 1, 3, 3\)"
     ):
         predict_tiled(image, lambda b: b[:, :, :3, :3], tile=4, overlap=1, batch_size=2)
 

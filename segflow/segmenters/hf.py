@@ -233,7 +233,8 @@ class TransformersSegmenter(Segmenter):
             mean = np.asarray(getattr(self.processor, "image_mean", [0.5] * 3), dtype=np.float32)
             std = np.asarray(getattr(self.processor, "image_std", [0.5] * 3), dtype=np.float32)
             x = (x - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)
-        return np.ascontiguousarray(x, dtype=np.float32)
+        # torch.from_numpy needs writable memory; predict_tiled passes read-only views
+        return np.require(x, dtype=np.float32, requirements=["C", "W"])
 
     def _semantic_logits(self, pixel_values: Any) -> Any:
         import torch

@@ -451,7 +451,8 @@ class UnetSegmenter(Segmenter):
                 x = np.pad(x, widths, mode="reflect")
             else:
                 x = np.pad(x, widths, mode="edge")
-        tensor = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        # torch.from_numpy needs writable memory; predict_tiled passes read-only views
+        tensor = torch.from_numpy(np.require(x, requirements=["C", "W"])).to(self.device)
         if self.device.type == "cuda":
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         step = tensor.shape[0]
