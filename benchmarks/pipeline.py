@@ -152,7 +152,10 @@ def pipeline(
         flow_fn = segment_batch.with_options(
             task_runner=ThreadPoolTaskRunner(max_workers=workers)  # type: ignore[arg-type]
         )
-    state = flow_fn(RunConfig(**fields), return_state=True)
+    from tasks.runners import local_run_settings
+
+    with local_run_settings():  # as the CLI runs it
+        state = flow_fn(RunConfig(**fields), return_state=True)
     summary = state.result()
     if not isinstance(summary, dict) or summary["failed"]:
         raise RuntimeError(f"pipeline run did not process every image: {summary}")

@@ -18,13 +18,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 from prefect import Flow, flow
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 import segflow
 from segflow.config import RunConfig, apply_thread_limits, default_workers
@@ -54,6 +55,12 @@ def _run_name() -> str:
     config = flow_run.parameters.get("config")
     source = config.input if isinstance(config, RunConfig) else dict(config or {}).get("input", "")
     return f"{input_name(source)}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+
+
+def _write_rows(out: str, rows: ChunkResult) -> None:
+    # quote: Prefect would otherwise walk every row looking for futures to track (about a
+    # second per 200 images of rows); the rows hold none
+    write_rows(out, cast(ChunkResult, quote(rows)))
 
 
 def _workers() -> int:
@@ -112,7 +119,7 @@ def segment_batch(config: RunConfig, expected_images: int | None = None) -> Stat
         stats.add(chunk)
         pending.extend(chunk)
         if pending.n_images >= FLUSH_IMAGES or len(pending.masks) >= FLUSH_MASKS:
-            write_rows(config.out, pending)
+            _write_rows(config.out, pending)
             pending = ChunkResult()
         done = stats.done + stats.failed
         update_progress(progress, done, len(todo))
@@ -131,7 +138,7 @@ def segment_batch(config: RunConfig, expected_images: int | None = None) -> Stat
         status = "completed"
     finally:
         if pending.n_images:
-            write_rows(config.out, pending)
+            _write_rows(config.out, pending)
         if status != "completed" or (config.fail_on_error and stats.failed):
             status = "failed"
         write_run(

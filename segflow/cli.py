@@ -10,6 +10,9 @@ never loads Prefect. Before the first Prefect import it sets, unless the user al
 * ``PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=WARNING`` (the console shows the progress bar and
   warnings; ``--verbose`` keeps Prefect's INFO lines; the API/UI still receives every log).
 
+On the embedded API, flow runs send no heartbeats (``tasks.runners.local_run_settings``: no one
+could listen for them, and Prefect's heartbeat thread adds up to a second to every run).
+
 Without ``PREFECT_API_URL`` flows run on Prefect's embedded ephemeral API (a temporary local
 server, nothing to start). With ``PREFECT_API_URL`` set the run is recorded on that server.
 Exit status: 0 when the run finished (even if some images went to ``errors``), 1 when the run
@@ -181,12 +184,14 @@ def _api_description() -> str:
 
 def _execute(config: Any, *, workers: int | None, quiet: bool) -> tuple[int, dict[str, Any] | None]:
     """Run ``segment_batch`` (imported here, lazily); return (exit status, summary)."""
-    from flows.segment_batch import segment_batch_for  # the CLI's one Prefect-side import
+    from flows.segment_batch import segment_batch_for  # the CLI's Prefect-side imports
+    from tasks.runners import local_run_settings
 
     flow_fn = segment_batch_for(config, workers=workers)
     attached = None if quiet else _attach_progress(sys.stderr)
     try:
-        state = flow_fn(config, return_state=True)
+        with local_run_settings():
+            state = flow_fn(config, return_state=True)
     finally:
         if attached is not None:
             attached[0].removeHandler(attached[1])
@@ -329,8 +334,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _usage_error(exc)
     from flows.train_unet import train_unet
+    from tasks.runners import local_run_settings
 
-    state = train_unet(config, return_state=True)
+    with local_run_settings():
+        state = train_unet(config, return_state=True)
     result = state.result(raise_on_failure=False)
     if not state.is_completed() or not isinstance(result, dict):
         sys.stderr.write(f"segflow train: the run failed: {state.message or result}\n")

@@ -7,18 +7,36 @@ choice works the same from the CLI, from Python and from a deployment's paramete
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 from prefect import Flow
 from prefect.context import FlowRunContext
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from segflow.config import RunConfig, default_workers
 from segflow.scale import dask_runner_options, require_api_server
 
-__all__ = ["needs_dask", "run_on_dask", "task_runner_for"]
+__all__ = ["local_run_settings", "needs_dask", "run_on_dask", "task_runner_for"]
+
+
+@contextmanager
+def local_run_settings() -> Iterator[None]:
+    """Settings for flow runs started in this process: no heartbeats on the embedded API.
+
+    A flow-run heartbeat lets a server notice a run whose machine died. The embedded ephemeral
+    API lives and dies with this process, so no one is there to notice, while Prefect's heartbeat
+    thread (it sleeps in 1 s steps and is joined when the run ends) adds up to a second to
+    every run. With ``PREFECT_API_URL`` set, heartbeats stay as configured.
+    """
+    if PREFECT_API_URL.value():
+        yield
+        return
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def task_runner_for(config: RunConfig, *, workers: int | None = None) -> TaskRunner[Any]:

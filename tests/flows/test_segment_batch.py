@@ -365,3 +365,24 @@ def test_zarr_stores_in_the_input_folder_are_images(
     # identity: the store's files hash the same on the next listing, so a re-run skips them all
     state, again = _run(config)
     assert again["skipped"] == 3 and again["done"] == 0
+
+
+def test_local_run_settings_turn_heartbeats_off_only_on_the_embedded_api() -> None:
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    from tasks.runners import local_run_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}):
+        with temporary_settings(updates={PREFECT_API_URL: None}), local_run_settings():
+            assert get_current_settings().flows.heartbeat_frequency is None
+        with (
+            temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}),
+            local_run_settings(),
+        ):
+            assert get_current_settings().flows.heartbeat_frequency == 60
+        assert get_current_settings().flows.heartbeat_frequency == 60
