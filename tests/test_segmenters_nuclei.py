@@ -169,6 +169,34 @@ def _shipped() -> Path:
     return path
 
 
+def test_models_dir_prefers_the_env_then_the_checkout_then_the_installed_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from segflow.segmenters import nuclei
+
+    checkout, installed = tmp_path / "checkout", tmp_path / "prefix"
+    assert nuclei._first_with_model(checkout, installed) == checkout  # neither: name the first
+    (installed / "nuclei").mkdir(parents=True)
+    (installed / "nuclei" / "nuclei.onnx").write_bytes(b"x")
+    assert nuclei._first_with_model(checkout, installed) == installed
+    (checkout / "nuclei").mkdir(parents=True)
+    (checkout / "nuclei" / "nuclei.onnx").write_bytes(b"x")
+    assert nuclei._first_with_model(checkout, installed) == checkout
+    monkeypatch.setenv("SEGFLOW_MODELS_DIR", str(tmp_path / "mine"))
+    assert nuclei.models_dir() == tmp_path / "mine"
+
+
+def test_wheels_carry_the_shipped_model_files() -> None:
+    """``pyproject.toml`` installs ``models/nuclei`` under ``<prefix>/share/segflow/models``."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    files = config["tool"]["setuptools"]["data-files"]["share/segflow/models/nuclei"]
+    assert "models/nuclei/nuclei.onnx" in files
+    assert all((root / f).is_file() for f in files)
+
+
 def test_shipped_model_is_small_and_self_describing() -> None:
     pytest.importorskip("onnxruntime")
     path = _shipped()

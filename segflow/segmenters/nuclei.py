@@ -55,6 +55,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -399,11 +400,25 @@ def check_instance_options(
 
 
 def models_dir() -> Path:
-    """Where shipped models live: ``$SEGFLOW_MODELS_DIR`` or ``models/`` beside the package."""
+    """Where shipped models live.
+
+    ``$SEGFLOW_MODELS_DIR`` when set; else ``models/`` of the checkout the package runs from
+    (an editable install); else ``<sys.prefix>/share/segflow/models``, where a wheel installs
+    them (``[tool.setuptools.data-files]`` in ``pyproject.toml``).
+    """
     env = os.environ.get("SEGFLOW_MODELS_DIR")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "models"
+    return _first_with_model(
+        Path(__file__).resolve().parents[2] / "models",
+        Path(sys.prefix) / "share" / "segflow" / "models",
+    )
+
+
+def _first_with_model(*folders: Path) -> Path:
+    """The first folder holding the nuclei model; the first one when none does (its path is
+    what the missing-model error names)."""
+    return next((f for f in folders if (f / NUCLEI_MODEL).is_file()), folders[0])
 
 
 def default_model_path() -> Path:
