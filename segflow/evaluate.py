@@ -471,6 +471,7 @@ def error_row(
     """One ``errors`` row for ``item``."""
     message = str(error) or repr(error)
     return {
+        "image_id": item.image_id,
         "source_uri": item.uri,
         "sha256": item.sha256,
         "config_hash": config_hash,

@@ -186,6 +186,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
     "errors": pa.schema(
         [
+            ("image_id", pa.string()),  # null in files written before it was added
             ("source_uri", pa.string()),
             ("sha256", pa.string()),
             ("stage", pa.string()),

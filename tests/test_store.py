@@ -243,6 +243,7 @@ def test_errors_and_runs_round_trip(tmp_path: Path) -> None:
         assert dt.date.fromisoformat(value) in {before.date(), dt.datetime.now(UTC).date()}
     errors = store.read_arrow("errors").to_pylist()
     assert [e["message"] for e in errors] == ["truncated file 0", "truncated file 1"]
+    assert all(e["image_id"] is None for e in errors)  # optional: rows without one still store
     assert errors[0]["sha256"] is None and errors[1]["config_hash"] == "c1"
     assert all(e["created_at"] >= before for e in errors)
     (run,) = store.read_arrow("runs").to_pylist()
@@ -705,6 +706,21 @@ def test_version_0_file_missing_a_column_reads_with_nulls(
     assert frame.loc["old-image", "config_hash"] == "cfa01"
     assert store.processed("cfa01") == {f"{0:064x}"}
     assert store.read("metrics", columns=["mean_entropy", "config_hash"]).shape == (2, 2)
+
+
+def test_errors_file_written_before_image_id_existed_reads_with_null_image_id(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path)
+    store.write("errors", [{**error_row(0), "image_id": "bad0"}])
+    current = store.read_arrow("errors")
+    old = current.drop_columns(["image_id"]).replace_schema_metadata(None)
+    old = old.set_column(0, "source_uri", pa.array(["file:///data/old.png"]))
+    old_file = next((tmp_path / "errors").glob("date=*")) / "part-old-0.parquet"
+    _write_by_hand(old_file, old, SCHEMA_VERSION)
+    frame = store.read("errors").set_index("source_uri")
+    assert frame.loc["file:///data/bad0.png", "image_id"] == "bad0"
+    assert pd.isna(frame.loc["file:///data/old.png", "image_id"])
 
 
 def test_upgrade_steps_run_for_old_files_only(
