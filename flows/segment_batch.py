@@ -101,6 +101,7 @@ def segment_batch(config: RunConfig, expected_images: int | None = None) -> Stat
     todo, n_skipped = select_todo(config, items, config_hash)
     stats = RunStats(listed=len(items), skipped=n_skipped)
     progress = create_progress(name, len(todo))
+    progress_updated = [0.0]  # monotonic time of the last update (at most one a second)
     progress_log.info(
         "%d images, %d to do",
         len(items),
@@ -122,7 +123,7 @@ def segment_batch(config: RunConfig, expected_images: int | None = None) -> Stat
             _write_rows(config.out, pending)
             pending = ChunkResult()
         done = stats.done + stats.failed
-        update_progress(progress, done, len(todo))
+        update_progress(progress, done, len(todo), last=progress_updated)
         progress_log.info(
             "%d / %d", done, len(todo), extra={"segflow_done": done, "segflow_total": len(todo)}
         )

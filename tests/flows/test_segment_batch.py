@@ -390,3 +390,24 @@ def test_local_run_settings_turn_heartbeats_off_only_on_the_embedded_api() -> No
         ):
             assert get_current_settings().flows.heartbeat_frequency == 60
         assert get_current_settings().flows.heartbeat_frequency == 60
+
+
+def test_progress_updates_are_throttled_but_the_last_one_always_lands() -> None:
+    from prefect.client.orchestration import get_client
+
+    from tasks.artifacts import create_progress, update_progress
+
+    artifact = create_progress(f"throttle-{uuid.uuid4().hex[:8]}", 10)
+    assert artifact is not None
+    last = [0.0]
+
+    def value() -> float:
+        with get_client(sync_client=True) as client:
+            (row,) = [a for a in client.read_artifacts() if a.id == artifact]
+        return float(row.data)  # type: ignore[arg-type]
+
+    update_progress(artifact, 3, 10, last=last)
+    update_progress(artifact, 5, 10, last=last)  # within a second of the previous: skipped
+    assert value() == 30.0
+    update_progress(artifact, 10, 10, last=last)  # the final one is never skipped
+    assert value() == 100.0
