@@ -328,6 +328,49 @@ def test_encode_labels_matches_pycocotools_per_instance() -> None:
         assert out[i]["size"] == [120, 90]
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    labels=hnp.arrays(
+        dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.int64]),
+        shape=hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=24),
+        elements=st.integers(0, 5),
+    ),
+    sparse=st.booleans(),
+)
+def test_encode_objects_equals_pycocotools_per_label(labels: np.ndarray, sparse: bool) -> None:
+    """RLE, box and area of every object against pycocotools on ``labels == k``: objects that
+    touch the top and bottom rows give runs wrapping into the next column; sparse ids too."""
+    if sparse:
+        labels = labels * np.asarray(37 if labels.dtype.itemsize < 8 else 10**11, labels.dtype)
+    objects = rle.encode_objects(labels)
+    ids = sorted(set(np.unique(labels).tolist()) - {0})
+    assert [o.label for o in objects] == ids
+    h, w = labels.shape
+    for obj in objects:
+        mask = labels == obj.label
+        expected = coco_encode(mask)
+        assert obj.rle == {"size": [h, w], "counts": expected["counts"].decode("ascii")}
+        assert list(obj.bbox) == mask_utils.toBbox(expected).astype(int).tolist()
+        assert obj.area == int(mask_utils.area(expected)) == int(mask.sum())
+    assert rle.encode_objects(np.asfortranarray(labels)) == objects
+
+
+def test_encode_objects_many_objects_long_counts() -> None:
+    """Thousands of objects and counts that need several characters (large images)."""
+    rng = np.random.default_rng(21)
+    labels = np.zeros((700, 900), np.int32)
+    for i in range(1, 3001):
+        y, x = int(rng.integers(0, 690)), int(rng.integers(0, 890))
+        labels[y : y + int(rng.integers(1, 10)), x : x + int(rng.integers(1, 10))] = i
+    objects = rle.encode_objects(labels)
+    ids = sorted(set(np.unique(labels).tolist()) - {0})
+    assert [o.label for o in objects] == ids
+    for obj in objects[::37]:
+        expected = coco_encode(labels == obj.label)
+        assert obj.rle["counts"] == expected["counts"].decode("ascii")
+        assert list(obj.bbox) == mask_utils.toBbox(expected).astype(int).tolist()
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int64, np.uint64])
 def test_encode_labels_dtypes_and_sparse_ids(dtype: type) -> None:
     rng = np.random.default_rng(13)
