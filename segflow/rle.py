@@ -244,13 +244,15 @@ def _vertical_changes(crop: np.ndarray) -> np.ndarray:
     return changed[byte >> 3] * 8 + (byte & 7)  # -> flat r * w + 8 * j + b
 
 
-def _transpose(mask: np.ndarray) -> np.ndarray:
-    """C-contiguous transpose of a C-contiguous 2-D bool array (fast blocked copy via OpenCV)."""
-    if max(mask.shape) >= 1 << 31:  # pragma: no cover - beyond OpenCV's int dimensions
-        return np.ascontiguousarray(mask.T)
+def _transpose(a: np.ndarray) -> np.ndarray:
+    """C-contiguous transpose of a 2-D array (OpenCV's blocked copy for 1-, 2- and 4-byte items)."""
+    src = np.ascontiguousarray(a)
+    if src.dtype.itemsize not in (1, 2, 4) or max(src.shape) >= 1 << 31:
+        return np.ascontiguousarray(src.T)  # beyond OpenCV's types or int dimensions
     import cv2  # core dependency; imported here so that importing segflow.rle stays light
 
-    return cv2.transpose(mask.view(np.uint8)).view(np.bool_)
+    view = {1: np.uint8, 2: np.uint16, 4: np.int32}[src.dtype.itemsize]
+    return cv2.transpose(src.view(view)).view(src.dtype)
 
 
 def _cancel_pairs(toggles: np.ndarray) -> np.ndarray:
@@ -603,7 +605,7 @@ def encode_objects(labels: np.ndarray) -> list[EncodedObject]:
         if low < 0:
             raise ValueError(f"labels must be >= 0 (0 = background), got minimum {low}")
     n = height * width
-    flat = _column_major(labels)
+    flat = _transpose(labels).ravel()  # column-major order
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     starts = np.concatenate([np.zeros(1, np.int64), change])
     ends = np.concatenate([change, np.full(1, n, np.int64)])
@@ -672,17 +674,6 @@ def encode_objects(labels: np.ndarray) -> list[EncodedObject]:
             strict=True,
         )
     ]
-
-
-def _column_major(labels: np.ndarray) -> np.ndarray:
-    """``labels`` (H, W) flattened in column-major order (OpenCV's blocked transpose when it can)."""
-    if labels.dtype.itemsize in (1, 2, 4) and max(labels.shape) < 1 << 31:
-        import cv2  # core dependency; imported here so that importing segflow.rle stays light
-
-        src = np.ascontiguousarray(labels)
-        view = {1: np.uint8, 2: np.uint16, 4: np.int32}[src.dtype.itemsize]
-        return cv2.transpose(src.view(view)).view(src.dtype).ravel()
-    return np.asarray(labels).ravel(order="F")
 
 
 def encode_labels(labels: np.ndarray) -> dict[int, CocoRLE]:
