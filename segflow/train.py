@@ -47,8 +47,10 @@ Weights are initialised from ``seed``; epoch ``e`` draws its crops from
 ``numpy.random.default_rng([seed, e])`` and seeds torch with ``(seed, e)``. A run stopped after
 epoch ``e`` and resumed from ``checkpoints/last.pt`` (model, optimiser, schedule, history,
 early-stopping state) therefore continues exactly as the uninterrupted run would have on the
-same device and thread count. Resuming refuses a checkpoint written with different training
-settings (it names them).
+same device and thread count. With ``workers`` > 0 the crops are drawn in that many forked
+processes, batch ``s`` of epoch ``e`` from ``default_rng([seed, e, s])``: another stream than
+without workers, but the same for any number of them. Resuming refuses a checkpoint written
+with different training settings (it names them).
 
 Output folder
 -------------
@@ -68,8 +70,12 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
@@ -168,6 +174,12 @@ class TrainConfig(BaseModel):
     min_delta: float = Field(default=1e-4, ge=0)
     device: str = "auto"
     threads: int | None = Field(default=None, ge=1)
+    workers: int = Field(
+        default=0,
+        ge=0,
+        description="processes drawing the training crops (0: in the training loop); a GPU "
+        "waits on the crops without them",
+    )
     amp: bool = Field(default=True, description="float16 autocast + channels_last on CUDA")
     cpu_bf16: bool = Field(
         default=False,
@@ -201,7 +213,12 @@ class TrainConfig(BaseModel):
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the checkpoint."""
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in RESUMABLE_FIELDS}
+        saved = {k: v for k, v in self.model_dump(mode="json").items() if k not in RESUMABLE_FIELDS}
+        # the crop stream depends on whether workers draw it, not on how many (and checkpoints
+        # of runs without workers, written before the field existed, must still resume)
+        if self.workers > 0:
+            saved["workers"] = True
+        return saved
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,6 +392,59 @@ def _make_batch(
         imgs.append(img)
         labs.append(lab)
     return np.stack(imgs), _targets(np.stack(labs), config)
+
+
+# what each crop worker process holds: set in the parent before the pool forks
+_WORKER_DATA: tuple[Sequence[Sample], TrainConfig] | None = None
+
+
+def _worker_batch(key: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    assert _WORKER_DATA is not None
+    samples, config = _WORKER_DATA
+    return _make_batch(np.random.default_rng(list(key)), samples, config)
+
+
+@contextmanager
+def _crop_pool(samples: Sequence[Sample], config: TrainConfig) -> Iterator[Any]:
+    """A pool of ``config.workers`` forked processes holding ``samples`` (None for 0)."""
+    global _WORKER_DATA
+    if config.workers == 0:
+        yield None
+        return
+    import multiprocessing
+
+    # fork: the workers inherit the decoded samples instead of unpickling a copy each
+    _WORKER_DATA = (samples, config)
+    try:
+        with ProcessPoolExecutor(
+            config.workers, mp_context=multiprocessing.get_context("fork")
+        ) as pool:
+            yield pool
+    finally:
+        _WORKER_DATA = None
+
+
+def _epoch_batches(
+    pool: Any, samples: Sequence[Sample], config: TrainConfig, *, epoch: int, steps: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The ``steps`` training batches of ``epoch``, in order.
+
+    Without a pool, one generator seeded ``[seed, epoch]`` draws them all in turn. With one,
+    batch ``s`` comes from its own generator ``[seed, epoch, s]`` in a worker process, so the
+    stream is the same for any number of workers; at most ``2 * workers`` batches wait ahead.
+    """
+    if pool is None:
+        rng = np.random.default_rng([config.seed, epoch])
+        for _ in range(steps):
+            yield _make_batch(rng, samples, config)
+        return
+    keys = iter([(config.seed, epoch, s) for s in range(steps)])
+    pending = deque(pool.submit(_worker_batch, k) for k in islice(keys, 2 * config.workers))
+    while pending:
+        batch = pending.popleft().result()
+        for k in islice(keys, 1):
+            pending.append(pool.submit(_worker_batch, k))
+        yield batch
 
 
 # --------------------------------------------------------------------------------------------
@@ -703,6 +773,12 @@ def train(
                 f"(checkpoint {[saved.get(k) for k in differ]}, now {[now.get(k) for k in differ]}); "
                 "use another out folder or resume=False"
             )
+        if config.epochs * steps > int(state["total_steps"]):
+            raise ValueError(
+                f"cannot resume from {last} with epochs={config.epochs}: its one-cycle learning "
+                f"rate schedule ends after {int(state['total_steps'])} steps; train on from its "
+                "best/ in a new out folder with init_from (a new schedule)"
+            )
         model.load_state_dict(state["model"])
         # the scheduler's constructor rewrites the learning rates: build it first, then restore
         # the optimiser (its rates and moments) and the scheduler's position
@@ -719,107 +795,108 @@ def train(
     stopped = "epochs"
     if start_epoch > 0 and bad_epochs >= config.patience:
         stopped = "early_stopping"
-    for epoch in range(start_epoch, config.epochs):
-        if stopped != "epochs":
-            break
-        t0 = time.monotonic()
-        rng = np.random.default_rng([config.seed, epoch])
-        _seed_everything(config.seed, epoch)
-        model.train()
-        total = 0.0
-        for _ in range(steps):
-            xb, yb = _make_batch(rng, train_samples, config)
-            x = torch.from_numpy(xb).to(device)
-            y = torch.from_numpy(yb).to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(
-                device.type,
-                dtype=torch.float16 if cuda_amp else torch.bfloat16,
-                enabled=cuda_amp or cpu_amp,
-            ):
-                raw = model(x)
-            loss = _loss(raw.float(), y, label_kind=config.label_kind)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total += float(loss.detach())
-        train_loss = total / steps
-        val_loss, scores, first = _validate(model, val_samples, config, meta, device)
-        monitor = _monitor(scores, config.label_kind)
-        improved = monitor > best + config.min_delta
-        if improved:
-            best, best_epoch, bad_epochs = monitor, epoch, 0
-            save_model_dir(model, out / "best", meta=meta)
-        else:
-            bad_epochs += 1
-        seconds = time.monotonic() - t0
-        record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "scores": scores,
-            "monitor": monitor,
-            "lr": float(scheduler.get_last_lr()[0]),
-            "seconds": seconds,
-        }
-        history.append(record)
-        _atomic_torch_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "total_steps": int(scheduler.total_steps),
+    with _crop_pool(train_samples, config) as pool:
+        for epoch in range(start_epoch, config.epochs):
+            if stopped != "epochs":
+                break
+            t0 = time.monotonic()
+            _seed_everything(config.seed, epoch)
+            model.train()
+            total = 0.0
+            for xb, yb in _epoch_batches(pool, train_samples, config, epoch=epoch, steps=steps):
+                x = torch.from_numpy(xb).to(device)
+                y = torch.from_numpy(yb).to(device)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(
+                    device.type,
+                    dtype=torch.float16 if cuda_amp else torch.bfloat16,
+                    enabled=cuda_amp or cpu_amp,
+                ):
+                    raw = model(x)
+                loss = _loss(raw.float(), y, label_kind=config.label_kind)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                total += float(loss.detach())
+            train_loss = total / steps
+            val_loss, scores, first = _validate(model, val_samples, config, meta, device)
+            monitor = _monitor(scores, config.label_kind)
+            improved = monitor > best + config.min_delta
+            if improved:
+                best, best_epoch, bad_epochs = monitor, epoch, 0
+                save_model_dir(model, out / "best", meta=meta)
+            else:
+                bad_epochs += 1
+            seconds = time.monotonic() - t0
+            record = {
                 "epoch": epoch,
-                "best": best,
-                "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs,
-                "history": json.dumps(history),
-                "fingerprint": json.dumps(config.fingerprint()),
-            },
-            last,
-        )
-        (out / "history.json").write_text(json.dumps(history, indent=1))
-        curves = plot_curves(history)
-        (out / "curves.png").write_bytes(curves)
-        overlay = None
-        if first is not None:
-            overlay = draw_overlay(
-                first[0][0] if first[0].shape[0] == 1 else first[0][:3].transpose(1, 2, 0),
-                first[1],
-                first[2],
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "scores": scores,
+                "monitor": monitor,
+                "lr": float(scheduler.get_last_lr()[0]),
+                "seconds": seconds,
+            }
+            history.append(record)
+            _atomic_torch_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "total_steps": int(scheduler.total_steps),
+                    "epoch": epoch,
+                    "best": best,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "history": json.dumps(history),
+                    "fingerprint": json.dumps(config.fingerprint()),
+                },
+                last,
             )
-            (out / "epochs" / f"epoch_{epoch:03d}.png").write_bytes(to_png(overlay))
-        logger.info(
-            "epoch %d: train loss %.4f, val loss %.4f, %s, %.0f s",
-            epoch,
-            train_loss,
-            val_loss,
-            ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
-            seconds,
-        )
-        if on_epoch is not None:
-            on_epoch(
-                EpochReport(
-                    epoch=epoch,
-                    train_loss=train_loss,
-                    val_loss=val_loss,
-                    scores=scores,
-                    monitor=monitor,
-                    best=improved,
-                    seconds=seconds,
-                    steps=steps,
-                    overlay=overlay,
-                    overlay_name=val_samples[0].stem if val_samples else "",
-                    curves_png=curves,
+            (out / "history.json").write_text(json.dumps(history, indent=1))
+            curves = plot_curves(history)
+            (out / "curves.png").write_bytes(curves)
+            overlay = None
+            if first is not None:
+                overlay = draw_overlay(
+                    first[0][0] if first[0].shape[0] == 1 else first[0][:3].transpose(1, 2, 0),
+                    first[1],
+                    first[2],
                 )
+                (out / "epochs" / f"epoch_{epoch:03d}.png").write_bytes(to_png(overlay))
+            logger.info(
+                "epoch %d: train loss %.4f, val loss %.4f, %s, %.0f s",
+                epoch,
+                train_loss,
+                val_loss,
+                ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
+                seconds,
             )
-        if bad_epochs >= config.patience:
-            stopped = "early_stopping"
-        elif config.time_limit_s is not None and time.monotonic() - started > config.time_limit_s:
-            stopped = "time_limit"
+            if on_epoch is not None:
+                on_epoch(
+                    EpochReport(
+                        epoch=epoch,
+                        train_loss=train_loss,
+                        val_loss=val_loss,
+                        scores=scores,
+                        monitor=monitor,
+                        best=improved,
+                        seconds=seconds,
+                        steps=steps,
+                        overlay=overlay,
+                        overlay_name=val_samples[0].stem if val_samples else "",
+                        curves_png=curves,
+                    )
+                )
+            if bad_epochs >= config.patience:
+                stopped = "early_stopping"
+            elif (
+                config.time_limit_s is not None and time.monotonic() - started > config.time_limit_s
+            ):
+                stopped = "time_limit"
 
     onnx_path = None
     best_dir = out / "best"
@@ -891,6 +968,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes drawing the training crops (default 0: in the training loop; use "
+        "several on a GPU, which otherwise waits on them)",
+    )
+    parser.add_argument(
         "--time-limit",
         type=float,
         default=None,
@@ -946,6 +1030,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         device=args.device,
         threads=args.threads,
+        workers=args.workers,
         time_limit_s=args.time_limit,
         max_images=args.max_images,
         val_max_images=args.val_max_images,

@@ -19,11 +19,13 @@ from segflow.synth import make_dataset
 from segflow.train import (
     Sample,
     TrainConfig,
+    _crop_pool,
     augment,
     boundary_target,
     file_list_hash,
     is_validation,
     list_pairs,
+    load_sample,
     split_pairs,
     train,
 )
@@ -56,6 +58,12 @@ def _config(data: Path, out: Path, **kw: object) -> TrainConfig:
     }
     base.update(kw)
     return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _samples(data: Path) -> list[Sample]:
+    meta = ModelMeta(channels=1, label_kind="instances", boundary=False)
+    pairs = list_pairs(data / "images", data / "labels")
+    return [load_sample(*p, meta=meta, label_kind="instances") for p in pairs]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +254,48 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(synth: Path, tmp_pat
     assert [h["train_loss"] for h in resumed.history] == pytest.approx(
         [h["train_loss"] for h in full.history], abs=1e-6
     )
+
+
+def test_crop_workers_give_the_same_stream_for_any_count(synth: Path, tmp_path: Path) -> None:
+    from segflow.train import _epoch_batches, _make_batch
+
+    samples = _samples(synth)
+    cfg = _config(synth, tmp_path / "w", workers=2, batch_size=3)
+    serial = [_make_batch(np.random.default_rng([cfg.seed, 1, s]), samples, cfg) for s in range(5)]
+    for workers in (1, 3):
+        c = cfg.model_copy(update={"workers": workers})
+        with _crop_pool(samples, c) as pool:
+            got = list(_epoch_batches(pool, samples, c, epoch=1, steps=5))
+        assert len(got) == 5
+        for (xa, ya), (xb, yb) in zip(serial, got, strict=True):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+    # without workers: the one per-epoch generator, another stream
+    with _crop_pool(samples, cfg.model_copy(update={"workers": 0})) as pool:
+        assert pool is None
+        plain = list(_epoch_batches(None, samples, cfg, epoch=1, steps=5))
+    assert not np.array_equal(plain[1][0], serial[1][0])
+
+
+def test_training_with_crop_workers_is_deterministic_and_resumes(
+    synth: Path, tmp_path: Path
+) -> None:
+    kw = {"epochs": 2, "steps_per_epoch": 3, "export_onnx": False}
+    a = train(_config(synth, tmp_path / "a", workers=1, **kw))
+    # stopped after epoch 0, resumed with another worker count: the same run
+    first = train(_config(synth, tmp_path / "b", workers=2, time_limit_s=1e-6, **kw))
+    assert first.epochs_run == 1
+    b = train(_config(synth, tmp_path / "b", workers=3, **kw))
+    assert [h["train_loss"] for h in a.history] == pytest.approx(
+        [h["train_loss"] for h in b.history], abs=1e-6
+    )
+    # switching workers off is another crop stream: refused
+    first = train(_config(synth, tmp_path / "c", workers=2, time_limit_s=1e-6, **kw))
+    with pytest.raises(ValueError, match=r"cannot resume .*\['workers'\]"):
+        train(_config(synth, tmp_path / "c", workers=0, **kw))
+    # a finished schedule cannot be stretched by resuming with more epochs
+    with pytest.raises(ValueError, match="one-cycle learning rate schedule ends after 6 steps"):
+        train(_config(synth, tmp_path / "a", workers=1, **{**kw, "epochs": 3}))
 
 
 def test_resume_refuses_other_training_settings(synth: Path, tmp_path: Path) -> None:
