@@ -21,8 +21,11 @@ percentile normalisation and auto-inversion fitted on the whole image):
   8 at a time straight to the model (``segmenter.module``: the smp model plus the sigmoid that
   is part of the exported graph too) under ``torch.inference_mode``; outputs kept, not copied
   back to numpy. No tiling machinery at all.
-* ``tiled_torch``: ``tiling.predict_tiled(prepared, segmenter.predict, ...)``, exactly the call
-  ``segment_image`` makes for this backend (gather windows, predict, gaussian blend).
+* ``tiled_torch``: ``segmenter.predict_tiled(prepared, ...)``, exactly the call ``segment_image``
+  makes for this backend: on the CPU ``tiling.predict_tiled`` over ``segmenter.predict`` (gather
+  windows, predict, gaussian blend); on CUDA ``predict_tiled_on_device`` (windows cut and
+  blended on the GPU, one copy back). On CUDA ``tiled_torch_host`` is the numpy tiler there,
+  for comparison.
 * ``segment_unet``: ``inference.segment_image`` end to end (prepare, tiled predict, argmax;
   ``instances=False`` so the watershed of a random model's output does not dominate).
 * ``raw_torch_batch1``: as ``raw_torch`` one window per call (context: on the CPU a batch of 8
@@ -232,6 +235,14 @@ def raw_ort(ctx: Context) -> list[np.ndarray]:
 
 
 def tiled(ctx: Context, seg: Any) -> np.ndarray:
+    """What ``segment_image`` calls: numpy tiler on the CPU, the device tiler on CUDA."""
+    return seg.predict_tiled(
+        ctx.prepared, tile=TILE, overlap=OVERLAP, blend=BLEND, batch_size=BATCH
+    )
+
+
+def tiled_host(ctx: Context, seg: Any) -> np.ndarray:
+    """The numpy tiler over ``seg.predict`` (windows cut and blended on the host)."""
     return tiling.predict_tiled(
         ctx.prepared, seg.predict, tile=TILE, overlap=OVERLAP, blend=BLEND, batch_size=BATCH
     )
@@ -258,6 +269,7 @@ def variants(ctx: Context) -> dict[str, Callable[[], Any]]:
     if ctx.unet_amp is not None:
         out["raw_torch_amp"] = lambda: raw_torch(ctx, ctx.unet_amp, amp=True)
         out["tiled_torch_amp"] = lambda: tiled(ctx, ctx.unet_amp)
+        out["tiled_torch_host"] = lambda: tiled_host(ctx, ctx.unet)
         out["segment_unet_amp"] = lambda: segment(ctx, ctx.unet_amp)
         out["raw_torch_cpu"] = lambda: raw_torch(ctx, ctx.unet_cpu)
         out["segment_unet_cpu"] = lambda: segment(ctx, ctx.unet_cpu)
@@ -533,6 +545,14 @@ def main() -> None:
             report["amp_speedup_tiled"] = round(med["tiled_torch"] / med["tiled_torch_amp"], 3)
             report["max_abs_diff_amp_vs_fp32_tiled"] = max_diff(
                 outputs["tiled_torch_amp"], outputs["tiled_torch"]
+            )
+        if "tiled_torch_host" in names:
+            report["device_tiler_speedup"] = round(med["tiled_torch_host"] / med["tiled_torch"], 3)
+            report["host_tiler_over_raw_throughput"] = round(
+                med["raw_torch"] / med["tiled_torch_host"], 3
+            )
+            report["max_abs_diff_device_vs_host_tiler"] = max_diff(
+                outputs["tiled_torch"], outputs["tiled_torch_host"]
             )
         if "nuclei_shipped" not in names:
             report["nuclei_shipped"] = f"skipped: {default_model_path()} not found"

@@ -4,7 +4,7 @@
 
     prepared = segmenter.prepare(image)         # whole image (smoothing, local contrast)
     segmenter.fit(prepared)                     # whole image (global thresholds, centres)
-    semantic:  probabilities = tiling.predict_tiled(prepared, segmenter.predict, ...)
+    semantic:  probabilities = segmenter.predict_tiled(prepared, ...)   # tiling.predict_tiled
     instances: labels = segmenter.label_tile(prepared)                  # up to max_untiled_pixels
                labels = stitch.label_tiled(prepared, segmenter.label_tile, ...)   # larger images
     return segmenter.finish(probabilities, image, labels=labels)        # argmax + clean-up
@@ -166,9 +166,8 @@ def segment_image(
         if whole:
             probabilities = np.asarray(segmenter.predict(prepared[None]), dtype=np.float32)[0]
         else:
-            probabilities = tiling.predict_tiled(
+            probabilities = segmenter.predict_tiled(
                 prepared,
-                segmenter.predict,
                 tile=tile,
                 overlap=overlap,
                 blend=blend,

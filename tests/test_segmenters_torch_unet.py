@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("segmentation_models_pytorch")
@@ -183,3 +185,97 @@ def test_cpu_microbatches_give_the_whole_batch_result(
     assert pieces.shape == whole.shape == (5, 3, 32, 48)
     np.testing.assert_allclose(pieces, want, rtol=0, atol=1e-6)
     np.testing.assert_allclose(whole, want, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# the device tiler (used on CUDA): checked on the CPU against the numpy tiler and the untiled map
+
+
+@pytest.mark.parametrize(
+    ("shape", "tile", "overlap", "blend", "batch"),
+    [
+        ((90, 110), 48, 16, "gaussian", 3),
+        ((64, 200), 64, 8, "linear", 8),
+        ((30, 45), 48, 16, "constant", 2),  # smaller than a tile: reflection padding
+        ((77, 51), 40, 12, "gaussian", 1),  # tile not a multiple of the encoder's stride
+    ],
+)
+def test_device_tiler_matches_the_numpy_tiler(
+    tmp_path: Path, shape: tuple[int, int], tile: int, overlap: int, blend: str, batch: int
+) -> None:
+    from segflow.segmenters._torch import predict_tiled_on_device
+    from segflow.tiling import predict_tiled
+
+    save_model_dir(
+        _random_model(seed=8), tmp_path / "m", meta=ModelMeta(label_kind="instances", boundary=True)
+    )
+    seg = UnetSegmenter(model_path=tmp_path / "m", device="cpu")
+    prepared = seg.prepare(_image(*shape))
+    options = {"tile": tile, "overlap": overlap, "blend": blend, "batch_size": batch}
+    want = predict_tiled(prepared, seg.predict, **options)
+    got = predict_tiled_on_device(prepared, seg._forward, device=seg.device, **options)
+    assert got.shape == want.shape == (3, *shape) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    height=st.integers(1, 70),
+    width=st.integers(1, 70),
+    tile=st.integers(8, 32),
+    overlap_frac=st.floats(0, 0.9),
+    batch=st.integers(1, 5),
+    blend=st.sampled_from(["constant", "linear", "gaussian"]),
+)
+def test_device_tiler_with_a_pointwise_forward_is_the_untiled_map(
+    height: int, width: int, tile: int, overlap_frac: float, batch: int, blend: str
+) -> None:
+    from segflow.segmenters._torch import predict_tiled_on_device
+
+    image = np.random.default_rng(height * 71 + width).random((2, height, width), np.float32)
+    overlap = int(overlap_frac * (tile - 1))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.sigmoid(3 * x[:, :1] - x[:, 1:]), x * x], dim=1)
+
+    got = predict_tiled_on_device(
+        image,
+        forward,
+        device=torch.device("cpu"),
+        tile=tile,
+        overlap=overlap,
+        blend=blend,
+        batch_size=batch,
+    )
+    want = forward(torch.from_numpy(image[None]))[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-7)
+
+
+def test_device_tiler_refuses_bad_outputs_and_options() -> None:
+    from segflow.segmenters._torch import predict_tiled_on_device
+
+    image = np.zeros((1, 40, 40), np.float32)
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match=r"forward must return \(N, K, 32, 32\) with N = 4"):
+        predict_tiled_on_device(
+            image, lambda x: x[:, :, :16], device=cpu, tile=32, overlap=8, batch_size=4
+        )
+    with pytest.raises(ValueError, match="blend mode must be one of"):
+        predict_tiled_on_device(image, lambda x: x, device=cpu, tile=32, overlap=8, blend="max")
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        predict_tiled_on_device(image, lambda x: x, device=cpu, tile=32, overlap=8, batch_size=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_segment_image_tiles_on_the_gpu_like_the_cpu(tmp_path: Path) -> None:
+    save_model_dir(
+        _random_model(seed=9), tmp_path / "m", meta=ModelMeta(label_kind="instances", boundary=True)
+    )
+    image = _image(200, 260)
+    options = {"tile": 64, "overlap": 16, "batch_size": 4}
+    cpu = segment_image(UnetSegmenter(model_path=tmp_path / "m", device="cpu"), image, **options)
+    gpu = segment_image(
+        UnetSegmenter(model_path=tmp_path / "m", device="cuda", amp=False), image, **options
+    )
+    assert gpu.probabilities is not None and cpu.probabilities is not None
+    np.testing.assert_allclose(gpu.probabilities, cpu.probabilities, atol=1e-3)

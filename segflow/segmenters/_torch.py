@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from segflow import tiling
 from segflow.segmenters.onnx import parse_device
 
 __all__ = [
     "autocast",
     "check_threads",
     "offline_hub",
+    "predict_tiled_on_device",
     "require_file",
     "resolve_device",
     "set_threads",
@@ -100,3 +104,75 @@ def require_file(path: Path, *, what: str, hint: str) -> Path:
             "Weights are never downloaded: give a local path."
         )
     return path
+
+
+def predict_tiled_on_device(
+    image: np.ndarray,
+    forward: Callable[[Any], Any],
+    *,
+    device: Any,
+    tile: int,
+    overlap: int,
+    blend: str = "gaussian",
+    batch_size: int = 8,
+) -> np.ndarray:
+    """:func:`segflow.tiling.predict_tiled` with the windows and the blending on ``device``.
+
+    On a GPU the numpy tiler's host-side work (gathering windows, copying each batch to the
+    device and its outputs back, blending on the CPU) costs several times the model's forward
+    pass; here the image goes to the device once, windows are slices of it, each output is
+    blended in place on the device, and one ``(K, H, W)`` array comes back.
+
+    Parameters
+    ----------
+    image : (C, H, W) float32
+    forward : callable
+        ``(N, C, tile, tile)`` float32 tensor on ``device`` -> ``(N, K, tile, tile)`` float32
+        tensor on ``device`` (called under ``torch.inference_mode``).
+    device : torch.device
+    tile, overlap, blend, batch_size
+        As for :func:`~segflow.tiling.predict_tiled`: the same grid (padding by reflection for
+        sides shorter than ``tile``), weights and batches in grid order.
+
+    Returns
+    -------
+    (K, H, W) float32
+        The weighted mean of the windows' outputs: ``predict_tiled``'s result up to float32
+        rounding (the sums run in another order).
+    """
+    import torch
+
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"image must be (C, H, W), got shape {image.shape}")
+    if blend not in tiling.BLEND_MODES:
+        raise ValueError(f"blend mode must be one of {list(tiling.BLEND_MODES)}, got {blend!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    padded, (height, width) = tiling.pad_to_tile(image, tile)
+    padded_h, padded_w = padded.shape[1:]
+    windows = tiling.tile_grid(padded_h, padded_w, tile=tile, overlap=overlap)
+    with torch.inference_mode():
+        source = torch.from_numpy(np.require(padded, requirements=["C", "W"])).to(device)
+        weights = torch.from_numpy(tiling.blend_weights(tile, mode=blend)).to(device)
+        total: Any = None
+        norm = torch.zeros((padded_h, padded_w), dtype=torch.float32, device=device)
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start : start + batch_size]
+            batch = torch.stack([source[(slice(None), *w.slices)] for w in chunk])
+            out = forward(batch)
+            if out.ndim != 4 or out.shape[0] != len(chunk) or tuple(out.shape[2:]) != (tile,) * 2:
+                raise ValueError(
+                    f"forward must return (N, K, {tile}, {tile}) with N = {len(chunk)}, "
+                    f"got shape {tuple(out.shape)}"
+                )
+            if total is None:
+                total = torch.zeros(
+                    (out.shape[1], padded_h, padded_w), dtype=torch.float32, device=device
+                )
+            for window, values in zip(chunk, out.float(), strict=True):
+                total[(slice(None), *window.slices)].addcmul_(values, weights)
+                norm[window.slices].add_(weights)
+        total /= norm
+        result = total[:, :height, :width].cpu().numpy()
+    return np.ascontiguousarray(result)

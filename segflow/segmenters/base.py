@@ -40,6 +40,8 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from segflow import tiling
+
 OutputKind = Literal["semantic", "instances"]
 
 
@@ -130,6 +132,19 @@ class Segmenter:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class scores for a batch of tiles: (N, C, t, t) float32 -> (N, K, t, t) float32."""
         raise NotImplementedError(f"segmenter {self.name!r} has no per-tile class scores")
+
+    def predict_tiled(
+        self, prepared: np.ndarray, *, tile: int, overlap: int, blend: str, batch_size: int
+    ) -> np.ndarray:
+        """Blended class scores of the whole prepared image: (C, H, W) -> (K, H, W) float32.
+
+        Default: :func:`segflow.tiling.predict_tiled` over :meth:`predict`. A backend on an
+        accelerator overrides it to keep the windows and the blending there (same result up to
+        float32 rounding).
+        """
+        return tiling.predict_tiled(
+            prepared, self.predict, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size
+        )
 
     def label_tile(self, tile: np.ndarray) -> np.ndarray:
         """Instances of one tile: (C, t, t) float32 -> (t, t) int32 label map (0 = none)."""

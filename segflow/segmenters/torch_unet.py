@@ -46,6 +46,7 @@ from segflow.segmenters import register
 from segflow.segmenters._torch import (
     autocast,
     check_threads,
+    predict_tiled_on_device,
     require_file,
     resolve_device,
     set_threads,
@@ -442,17 +443,39 @@ class UnetSegmenter(Segmenter):
         x = np.asarray(batch, dtype=np.float32)
         if x.ndim != 4:
             raise ValueError(f"batch must be (N, C, H, W), got shape {x.shape}")
-        _, _, height, width = x.shape
+        # torch.from_numpy needs writable memory; predict_tiled passes read-only views
+        tensor = torch.from_numpy(np.require(x, requirements=["C", "W"])).to(self.device)
+        return np.ascontiguousarray(self._forward(tensor).cpu().numpy(), dtype=np.float32)
+
+    def predict_tiled(
+        self, prepared: np.ndarray, *, tile: int, overlap: int, blend: str, batch_size: int
+    ) -> np.ndarray:
+        """On CUDA the windows are cut and blended on the GPU (``predict_tiled_on_device``)."""
+        if self.device.type != "cuda":
+            return super().predict_tiled(
+                prepared, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size
+            )
+        return predict_tiled_on_device(
+            prepared,
+            self._forward,
+            device=self.device,
+            tile=tile,
+            overlap=overlap,
+            blend=blend,
+            batch_size=batch_size,
+        )
+
+    def _forward(self, tensor: Any) -> Any:
+        """(N, channels, h, w) float32 tensor on the device -> (N, K', h, w) float32 tensor."""
+        import torch
+        import torch.nn.functional as F
+
+        _, _, height, width = tensor.shape
         ph = math.ceil(height / self.divisor) * self.divisor - height
         pw = math.ceil(width / self.divisor) * self.divisor - width
         if ph or pw:
-            widths = ((0, 0), (0, 0), (0, ph), (0, pw))
-            if height > ph and width > pw:
-                x = np.pad(x, widths, mode="reflect")
-            else:
-                x = np.pad(x, widths, mode="edge")
-        # torch.from_numpy needs writable memory; predict_tiled passes read-only views
-        tensor = torch.from_numpy(np.require(x, requirements=["C", "W"])).to(self.device)
+            mode = "reflect" if height > ph and width > pw else "replicate"
+            tensor = F.pad(tensor, (0, pw, 0, ph), mode=mode)
         if self.device.type == "cuda":
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         step = tensor.shape[0]
@@ -464,8 +487,8 @@ class UnetSegmenter(Segmenter):
                 out = self.module(tensor[start : start + step])
                 parts = list(out) if isinstance(out, tuple) else [out]
                 pieces.append(torch.cat([p.float() for p in parts], dim=1))
-        result = (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).cpu().numpy()
-        return np.ascontiguousarray(result[:, :, :height, :width], dtype=np.float32)
+        result = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        return result[:, :, :height, :width]
 
     def finish(
         self,
