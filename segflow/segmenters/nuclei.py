@@ -103,10 +103,11 @@ META_FILE = "segflow.json"
 NUCLEI_MODEL = Path("nuclei") / "nuclei.onnx"
 
 #: Instance post-processing defaults of the ``nuclei`` segmenter, chosen for the shipped model on
-#: 60 of its *training* images (grid: threshold 0.4-0.55, seed_threshold 0.3-0.7, min_size 8-32;
+#: 60 of its *training* images (grid: threshold 0.35-0.6, seed_threshold 0.5-0.9, min_size 8-48;
 #: best mean of foreground IoU and instance F1), never on the validation split; see the model card.
-NUCLEI_SEED_THRESHOLD = 0.7
-NUCLEI_MIN_SIZE = 32
+NUCLEI_THRESHOLD = 0.55
+NUCLEI_SEED_THRESHOLD = 0.85
+NUCLEI_MIN_SIZE = 24
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,7 +458,8 @@ class NucleiSegmenter(OnnxSegmenter):
         ``models/nuclei/nuclei.onnx``
     instances : label instances (default True): foreground + boundary watershed
     threshold, seed_threshold, min_seed, min_size : see :func:`instances_from_boundary`;
-        defaults 0.5, 0.7, 4 and 32 (:data:`NUCLEI_SEED_THRESHOLD`, :data:`NUCLEI_MIN_SIZE`)
+        defaults 0.55, 0.85, 4 and 24 (:data:`NUCLEI_THRESHOLD`, :data:`NUCLEI_SEED_THRESHOLD`,
+        :data:`NUCLEI_MIN_SIZE`)
     h : distance-watershed dynamics for models without a boundary head
     tta : test-time augmentation: average the outputs over the 4 flips of every window (4 times
         the compute; on held-out DSB images +0.001 foreground IoU, +0.004 instance F1)
@@ -478,7 +480,7 @@ class NucleiSegmenter(OnnxSegmenter):
         *,
         model_path: str | Path | None = None,
         instances: bool = True,
-        threshold: float = 0.5,
+        threshold: float = NUCLEI_THRESHOLD,
         seed_threshold: float = NUCLEI_SEED_THRESHOLD,
         min_seed: int = 4,
         min_size: int = NUCLEI_MIN_SIZE,
