@@ -247,3 +247,25 @@ def test_component_sizes_equal_bincount(mask: np.ndarray, connectivity: int) -> 
     np.testing.assert_array_equal(
         pp.component_sizes(labels, n), np.bincount(labels.ravel(), minlength=n + 1)
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    k=st.integers(1, 5),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_argmax_classes_is_numpy_argmax_with_ties_to_the_lower_id(
+    k: int, h: int, w: int, seed: int
+) -> None:
+    # few distinct values, so that ties between classes are common
+    scores = np.random.default_rng(seed).integers(0, 3, size=(k, h, w)).astype(np.float32)
+    got = pp.argmax_classes(scores)
+    assert got.dtype == np.int32 and got.shape == (h, w)
+    np.testing.assert_array_equal(got, np.argmax(scores, axis=0))
+
+
+def test_argmax_classes_refuses_other_shapes() -> None:
+    with pytest.raises(ValueError, match=r"scores must be \(K, H, W\) with K >= 1, got shape"):
+        pp.argmax_classes(np.zeros((4, 4), np.float32))

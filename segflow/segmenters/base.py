@@ -41,6 +41,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from segflow import tiling
+from segflow.postprocess import argmax_classes
 
 OutputKind = Literal["semantic", "instances"]
 
@@ -173,7 +174,7 @@ class Segmenter:
         """
         instances = None if labels is None else np.asarray(labels, dtype=np.int32)
         if probabilities is not None:
-            classes = np.argmax(probabilities, axis=0).astype(np.int32)
+            classes = argmax_classes(probabilities)
         elif instances is not None:
             classes = (instances > 0).astype(np.int32)
         else:

@@ -323,17 +323,6 @@ def _one_hot(idx: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _argmax0(scores: np.ndarray) -> np.ndarray:
-    """``argmax(scores, axis=0)`` as (H, W) int32 (ties to the lower id), plane by plane."""
-    best = np.array(scores[0], dtype=np.float32)
-    idx = np.zeros(best.shape, dtype=np.int32)
-    for k in range(1, scores.shape[0]):
-        better = scores[k] > best
-        idx[better] = k
-        np.maximum(best, scores[k], out=best)
-    return idx
-
-
 # ---------------------------------------------------------------------------------------------
 # shared bases
 # ---------------------------------------------------------------------------------------------
@@ -453,7 +442,7 @@ class _Threshold(_Classic):
                 instance_classes=dict.fromkeys(range(1, n + 1), 1) if self.instances else {},
                 class_names=self.class_names,
             )
-        classes = _argmax0(probabilities)
+        classes = postprocess.argmax_classes(probabilities)
         classes = postprocess.clean_classes(
             classes,
             num_classes=k,

@@ -63,6 +63,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from segflow.postprocess import argmax_classes
 from segflow.segmenters import register
 from segflow.segmenters.base import Segmentation
 from segflow.segmenters.onnx import (
@@ -369,7 +370,7 @@ def finish_segflow_outputs(
     boundary = probs[num_classes] if probs.shape[0] > num_classes else None
     probs = np.ascontiguousarray(probs[:num_classes])
     seg.probabilities = probs
-    seg.classes = np.argmax(probs, axis=0).astype(np.int32)
+    seg.classes = argmax_classes(probs)
     if instances:
         labels, classes, scores = instances_from_outputs(
             probs,
