@@ -65,7 +65,7 @@ import numpy as np
 
 from segflow.postprocess import argmax_classes
 from segflow.segmenters import register
-from segflow.segmenters.base import Segmentation
+from segflow.segmenters.base import Segmentation, Segmenter
 from segflow.segmenters.onnx import (
     OnnxSegmenter,
     ScaleRange,
@@ -84,6 +84,7 @@ __all__ = [
     "AutoInvert",
     "ModelMeta",
     "NucleiSegmenter",
+    "SegflowOutputs",
     "default_model_path",
     "instances_from_boundary",
     "instances_from_outputs",
@@ -391,6 +392,45 @@ def finish_segflow_outputs(
     return seg
 
 
+class SegflowOutputs(Segmenter):
+    """Base of the segmenters serving segflow-trained models (``nuclei``, ``unet``).
+
+    Their ``finish`` is :func:`finish_segflow_outputs` with the instance options each sets in
+    ``__init__`` (the attributes below).
+    """
+
+    instances: bool
+    threshold: float
+    seed_threshold: float
+    min_seed: int
+    min_size: int
+    h: float
+
+    def finish(
+        self,
+        probabilities: np.ndarray | None,
+        image: np.ndarray,
+        *,
+        labels: np.ndarray | None = None,
+    ) -> Segmentation:
+        """Class argmax, boundary split off, instances (see :func:`instances_from_boundary`)."""
+        seg = Segmentation(
+            classes=np.zeros(image.shape[-2:], dtype=np.int32),
+            probabilities=probabilities,
+            class_names=self.class_names,
+        )
+        return finish_segflow_outputs(
+            seg,
+            num_classes=self.num_classes,
+            instances=self.instances,
+            threshold=self.threshold,
+            seed_threshold=self.seed_threshold,
+            min_seed=self.min_seed,
+            min_size=self.min_size,
+            h=self.h,
+        )
+
+
 def check_instance_options(
     *, threshold: float, seed_threshold: float, min_seed: int, min_size: int
 ) -> None:
@@ -450,7 +490,7 @@ def _round_up(n: int, k: int) -> int:
 
 
 @register("nuclei")
-class NucleiSegmenter(OnnxSegmenter):
+class NucleiSegmenter(SegflowOutputs, OnnxSegmenter):
     """Nuclei (or any segflow-trained U-Net exported to ONNX) on ONNX Runtime; no torch needed.
 
     Parameters (keyword-only)
@@ -590,27 +630,3 @@ class NucleiSegmenter(OnnxSegmenter):
         if seg.instances is None:
             return (seg.classes > 0).astype(np.int32)
         return seg.instances
-
-    def finish(
-        self,
-        probabilities: np.ndarray | None,
-        image: np.ndarray,
-        *,
-        labels: np.ndarray | None = None,
-    ) -> Segmentation:
-        """Class argmax, boundary split off, instances (see :func:`instances_from_boundary`)."""
-        seg = Segmentation(
-            classes=np.zeros(image.shape[-2:], dtype=np.int32),
-            probabilities=probabilities,
-            class_names=self.class_names,
-        )
-        return finish_segflow_outputs(
-            seg,
-            num_classes=self._num_classes,
-            instances=self.instances,
-            threshold=self.threshold,
-            seed_threshold=self.seed_threshold,
-            min_seed=self.min_seed,
-            min_size=self.min_size,
-            h=self.h,
-        )

@@ -51,12 +51,11 @@ from segflow.segmenters._torch import (
     resolve_device,
     set_threads,
 )
-from segflow.segmenters.base import Segmentation, Segmenter
 from segflow.segmenters.nuclei import (
     META_FILE,
     ModelMeta,
+    SegflowOutputs,
     check_instance_options,
-    finish_segflow_outputs,
     prepare_input,
 )
 
@@ -297,7 +296,7 @@ CPU_MICROBATCH_PIXELS = 512 * 512
 
 
 @register("unet")
-class UnetSegmenter(Segmenter):
+class UnetSegmenter(SegflowOutputs):
     """U-Net (or any smp architecture) from a local checkpoint folder, on CPU or CUDA.
 
     Parameters (keyword-only)
@@ -489,27 +488,3 @@ class UnetSegmenter(Segmenter):
                 pieces.append(torch.cat([p.float() for p in parts], dim=1))
         result = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         return result[:, :, :height, :width]
-
-    def finish(
-        self,
-        probabilities: np.ndarray | None,
-        image: np.ndarray,
-        *,
-        labels: np.ndarray | None = None,
-    ) -> Segmentation:
-        """Argmax of the class channels; boundary split off; instances when asked."""
-        seg = Segmentation(
-            classes=np.zeros(image.shape[-2:], dtype=np.int32),
-            probabilities=probabilities,
-            class_names=self.class_names,
-        )
-        return finish_segflow_outputs(
-            seg,
-            num_classes=self.num_classes,
-            instances=self.instances,
-            threshold=self.threshold,
-            seed_threshold=self.seed_threshold,
-            min_seed=self.min_seed,
-            min_size=self.min_size,
-            h=self.h,
-        )
