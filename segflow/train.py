@@ -414,6 +414,11 @@ def _crop_pool(samples: Sequence[Sample], config: TrainConfig) -> Iterator[Any]:
     import multiprocessing
 
     # fork: the workers inherit the decoded samples instead of unpickling a copy each
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise ValueError(
+            f"workers={config.workers} needs the 'fork' start method, which this platform "
+            "lacks; use workers=0"
+        )
     _WORKER_DATA = (samples, config)
     try:
         with ProcessPoolExecutor(
