@@ -169,6 +169,21 @@ def test_segformer_tiles_large_images(segformer: tuple[Path, object, object]) ->
     assert segment_image(resized, chw).classes.shape == (100, 150)
 
 
+def test_segformer_device_tiling_equals_the_numpy_tiler(
+    segformer: tuple[Path, object, object],
+) -> None:
+    # on CUDA the windows are cut and blended on the GPU; the same code on the CPU must give the
+    # numpy tiler's probabilities
+    seg = segmenters.create(
+        "transformers", model_path=str(segformer[0]), device="cpu", tile=64, overlap=16
+    )
+    _, chw = _uint8_image(100, 150, seed=4)
+    want = seg._semantic(chw)
+    got = seg._tiled_on_device(chw)
+    assert got.shape == want.shape == (3, 100, 150)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+
+
 def _segments_as_labels(seg: np.ndarray, infos: list[dict]) -> tuple[np.ndarray, dict[int, int]]:
     """Segments as consecutive ids (segments left without pixels by later ones are dropped)."""
     labels = np.zeros(seg.shape, dtype=np.int32)

@@ -55,6 +55,7 @@ from segflow.segmenters._torch import (
     autocast,
     check_threads,
     offline_hub,
+    predict_tiled_on_device,
     require_file,
     resolve_device,
     set_threads,
@@ -252,16 +253,21 @@ class TransformersSegmenter(Segmenter):
         import torch
 
         x = self._normalise(adapt_channels(np.asarray(batch, dtype=np.float32), 3))
-        tensor = torch.from_numpy(x).to(self.device)
-        if self.device.type == "cuda":
-            tensor = tensor.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), autocast(self.device, enabled=self.amp):
-            logits = self._semantic_logits(tensor).float()
-            logits = torch.nn.functional.interpolate(
-                logits, size=x.shape[2:], mode="bilinear", align_corners=False
-            )
-            probs = torch.softmax(logits, dim=1)
+        probs = self._probabilities(torch.from_numpy(x).to(self.device))
         return probs.cpu().numpy().astype(np.float32)
+
+    def _probabilities(self, pixel_values: Any) -> Any:
+        """Normalised (N, 3, h, w) float32 tensor on the device -> (N, K, h, w) probabilities."""
+        import torch
+
+        if self.device.type == "cuda":
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(self.device, enabled=self.amp):
+            logits = self._semantic_logits(pixel_values).float()
+            logits = torch.nn.functional.interpolate(
+                logits, size=tuple(pixel_values.shape[2:]), mode="bilinear", align_corners=False
+            )
+            return torch.softmax(logits, dim=1)
 
     def _semantic(self, image: np.ndarray) -> np.ndarray:
         from segflow.tiling import predict_tiled
@@ -271,9 +277,27 @@ class TransformersSegmenter(Segmenter):
             return self._resized_semantic(image)
         if height <= self.tile and width <= self.tile:
             return self.predict_tiles(image[None])[0]
+        if self.device.type == "cuda":
+            return self._tiled_on_device(image)
         return predict_tiled(
             image,
             self.predict_tiles,
+            tile=self.tile,
+            overlap=self.overlap,
+            blend=self.blend,
+            batch_size=self.batch_size,
+        )
+
+    def _tiled_on_device(self, image: np.ndarray) -> np.ndarray:
+        """``_semantic``'s tiles cut and blended on the model's device (used on CUDA).
+
+        Channels and normalisation are per pixel, so they are applied to the whole image once;
+        the result equals the numpy tiler's up to float32 rounding.
+        """
+        return predict_tiled_on_device(
+            self._normalise(adapt_channels(image[None], 3))[0],
+            self._probabilities,
+            device=self.device,
             tile=self.tile,
             overlap=self.overlap,
             blend=self.blend,
