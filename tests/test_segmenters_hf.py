@@ -184,6 +184,30 @@ def test_segformer_device_tiling_equals_the_numpy_tiler(
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_segformer_on_cuda_tiles_on_the_gpu_like_the_cpu(
+    segformer: tuple[Path, object, object],
+) -> None:
+    _, chw = _uint8_image(100, 150, seed=5)
+    results = [
+        segment_image(
+            segmenters.create(
+                "transformers",
+                model_path=str(segformer[0]),
+                device=device,
+                amp=False,
+                tile=64,
+                overlap=16,
+            ),
+            chw,
+        )
+        for device in ("cpu", "cuda")
+    ]
+    cpu, gpu = (r.probabilities for r in results)
+    assert cpu is not None and gpu is not None
+    np.testing.assert_allclose(gpu, cpu, atol=1e-3)
+
+
 def _segments_as_labels(seg: np.ndarray, infos: list[dict]) -> tuple[np.ndarray, dict[int, int]]:
     """Segments as consecutive ids (segments left without pixels by later ones are dropped)."""
     labels = np.zeros(seg.shape, dtype=np.int32)
