@@ -31,7 +31,7 @@ import segflow
 from segflow.config import RunConfig, apply_thread_limits, default_workers
 from segflow.evaluate import ChunkResult, RunStats, items_by_chunk
 from segflow.scale import effective_chunk_size
-from tasks.artifacts import create_progress, publish_report, update_progress
+from tasks.artifacts import PROGRESS_MIN_INTERVAL_S, Progress, publish_report
 from tasks.ingest import list_images, select_todo
 from tasks.monitoring import label_run
 from tasks.process import process_chunk
@@ -100,8 +100,7 @@ def segment_batch(config: RunConfig, expected_images: int | None = None) -> Stat
     )
     todo, n_skipped = select_todo(config, items, config_hash)
     stats = RunStats(listed=len(items), skipped=n_skipped)
-    progress = create_progress(name, len(todo))
-    progress_updated = [0.0]  # monotonic time of the last update (at most one a second)
+    progress = Progress(name, len(todo), min_interval_s=PROGRESS_MIN_INTERVAL_S)
     progress_log.info(
         "%d images, %d to do",
         len(items),
@@ -123,7 +122,7 @@ def segment_batch(config: RunConfig, expected_images: int | None = None) -> Stat
             _write_rows(config.out, pending)
             pending = ChunkResult()
         done = stats.done + stats.failed
-        update_progress(progress, done, len(todo), last=progress_updated)
+        progress.update(done)
         progress_log.info(
             "%d / %d", done, len(todo), extra={"segflow_done": done, "segflow_total": len(todo)}
         )

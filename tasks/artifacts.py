@@ -32,48 +32,47 @@ def artifact_key(kind: str, name: str) -> str:
     return f"segflow-{kind}-{slug}"
 
 
-def create_progress(name: str, total: int) -> UUID | None:
-    """Create the run's progress artifact at 0 % (``None`` if the API refused it)."""
-    try:
-        return create_progress_artifact(  # type: ignore[return-value]  # sync call returns the UUID
-            progress=0.0 if total else 100.0,
-            key=artifact_key("progress", name),
-            description=f"images processed of {total}",
-        )
-    except Exception as exc:  # monitoring must not fail the run
-        logger.warning("cannot create the progress artifact: %s", exc)
-        return None
-
-
-#: Seconds between two updates of a run's progress artifact (each is an API call; a 200-image
-#: run collects 25 chunks in about 5 s).
+#: Seconds between two updates of a batch run's progress artifact (each is an API call; a
+#: 200-image run collects 25 chunks in about 5 s).
 PROGRESS_MIN_INTERVAL_S = 1.0
 
 
-def update_progress(
-    artifact_id: UUID | None,
-    done: int,
-    total: int,
-    *,
-    last: list[float] | None = None,
-) -> None:
-    """Set the progress artifact to ``done / total`` (called by the flow after every chunk).
+class Progress:
+    """A run's progress artifact: ``done / total`` in percent, created at 0 %.
 
-    With ``last`` (a one-element list holding the ``time.monotonic()`` of the previous update,
-    updated here), updates closer than :data:`PROGRESS_MIN_INTERVAL_S` are skipped, except the
-    final one (``done == total``).
+    :meth:`update` sets it, skipping updates closer than ``min_interval_s`` to the previous one
+    except the final one (``done == total``). When the API refuses the artifact, a warning is
+    logged and updates do nothing: monitoring must not fail the run.
     """
-    if artifact_id is None:
-        return
-    if last is not None:
-        now = time.monotonic()
-        if done < total and now - last[0] < PROGRESS_MIN_INTERVAL_S:
+
+    def __init__(self, name: str, total: int, *, min_interval_s: float = 0.0) -> None:
+        self.total = total
+        self.min_interval_s = min_interval_s
+        self._last = -math.inf
+        self.artifact_id: UUID | None = None
+        try:
+            self.artifact_id = create_progress_artifact(  # type: ignore[assignment]  # sync call returns the UUID
+                progress=0.0 if total else 100.0,
+                key=artifact_key("progress", name),
+                description=f"images processed of {total}",
+            )
+        except Exception as exc:
+            logger.warning("cannot create the progress artifact: %s", exc)
+
+    def update(self, done: int) -> None:
+        """Set the artifact to ``done / total`` (see the class docstring for the throttle)."""
+        if self.artifact_id is None:
             return
-        last[0] = now
-    try:
-        update_progress_artifact(artifact_id=artifact_id, progress=100.0 * done / max(total, 1))
-    except Exception as exc:  # monitoring must not fail the run
-        logger.warning("cannot update the progress artifact: %s", exc)
+        now = time.monotonic()
+        if done < self.total and now - self._last < self.min_interval_s:
+            return
+        self._last = now
+        try:
+            update_progress_artifact(
+                artifact_id=self.artifact_id, progress=100.0 * done / max(self.total, 1)
+            )
+        except Exception as exc:
+            logger.warning("cannot update the progress artifact: %s", exc)
 
 
 def _jsonable(value: Any) -> Any:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import logging
 from typing import Any
-from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -20,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from segflow.overlay import thumbnail, to_data_uri
 from segflow.train import EpochReport, TrainConfig, format_result
 from segflow.train import train as _train
-from tasks.artifacts import artifact_key, create_progress, update_progress
+from tasks.artifacts import Progress, artifact_key
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ class _Publisher:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.log = get_run_logger()
-        self.progress: UUID | None = create_progress(f"train-{config.out}", config.epochs)
+        self.progress = Progress(f"train-{config.out}", config.epochs)
 
     def __call__(self, report: EpochReport) -> None:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in report.scores.items())
@@ -74,7 +73,7 @@ class _Publisher:
             )
         except Exception as exc:  # monitoring must not fail the run
             self.log.warning("cannot publish the epoch artifacts: %s", exc)
-        update_progress(self.progress, report.epoch + 1, self.config.epochs)
+        self.progress.update(report.epoch + 1)
 
 
 @task(name="train-unet-model", cache_policy=NO_CACHE, persist_result=False)

@@ -395,19 +395,19 @@ def test_local_run_settings_turn_heartbeats_off_only_on_the_embedded_api() -> No
 def test_progress_updates_are_throttled_but_the_last_one_always_lands() -> None:
     from prefect.client.orchestration import get_client
 
-    from tasks.artifacts import create_progress, update_progress
+    from tasks.artifacts import Progress
 
-    artifact = create_progress(f"throttle-{uuid.uuid4().hex[:8]}", 10)
-    assert artifact is not None
-    last = [0.0]
+    progress = Progress(f"throttle-{uuid.uuid4().hex[:8]}", 10, min_interval_s=1.0)
+    assert progress.artifact_id is not None
 
     def value() -> float:
         with get_client(sync_client=True) as client:
-            (row,) = [a for a in client.read_artifacts() if a.id == artifact]
+            (row,) = [a for a in client.read_artifacts() if a.id == progress.artifact_id]
         return float(row.data)  # type: ignore[arg-type]
 
-    update_progress(artifact, 3, 10, last=last)
-    update_progress(artifact, 5, 10, last=last)  # within a second of the previous: skipped
+    assert value() == 0.0
+    progress.update(3)
+    progress.update(5)  # within a second of the previous: skipped
     assert value() == 30.0
-    update_progress(artifact, 10, 10, last=last)  # the final one is never skipped
+    progress.update(10)  # the final one is never skipped
     assert value() == 100.0
