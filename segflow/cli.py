@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive, default=8, help="tiles per segmenter call (default 8)"
     )
     run.add_argument(
-        "--chunk-size", type=_positive, default=None, help="images per task run (default 8)"
+        "--chunk-size", type=_positive, default=None, help="images per task run (default 16)"
     )
     run.add_argument(
         "--max-in-flight",

@@ -58,11 +58,12 @@ logger = logging.getLogger(__name__)
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
 
 #: Images per task run, chosen by measurement (``benchmarks/pipeline.py --chunk-sweep``: 64 Otsu
-#: images of 1024x1024, 2 workers, shared 2-core machine): 1 -> 201 ms/image (69 task runs),
-#: 2 -> 209, 4 -> 165, 8 -> 151 (13 task runs), 16 -> 159, 32 -> 231 (too few chunks to keep the
-#: workers busy at the end). Eight images amortise the per-task-run bookkeeping and keep the rows
-#: in flight small.
-DEFAULT_CHUNK_SIZE = 8
+#: images of 1024x1024, 2 workers, shared 2-core machine, ms per image): 1 -> 43.5 (69 task
+#: runs), 2 -> 34.8, 4 -> 29.0, 8 -> 25.9, 16 -> 24.4 (9 task runs), 32 -> 24.0; on 200 images
+#: (interleaved, medians of 4-5 runs) 8 -> 4.6-4.9 s, 12 -> 4.3-4.4, 16 -> 4.3-4.5, 20 -> 4.3,
+#: 25 -> 4.35. Each task run costs tens of ms of Prefect bookkeeping (in the flow's process and
+#: in the API server); much larger chunks leave one worker idle at the end of small batches.
+DEFAULT_CHUNK_SIZE = 16
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = (
     ".png",

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from segflow import scale
-from segflow.config import RunConfig
+from segflow.config import DEFAULT_CHUNK_SIZE, RunConfig
 from segflow.ingest import ImageItem
 
 
@@ -68,7 +68,7 @@ def test_dask_runner_options() -> None:
 
 def test_effective_chunk_size() -> None:
     base = {"input": "/in", "out": "/out"}
-    assert scale.effective_chunk_size(RunConfig(**base)) == 8
+    assert scale.effective_chunk_size(RunConfig(**base)) == DEFAULT_CHUNK_SIZE == 16
     assert (
         scale.effective_chunk_size(RunConfig(**base, task_runner="dask")) == scale.DASK_CHUNK_SIZE
     )
