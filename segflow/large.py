@@ -1261,20 +1261,6 @@ def _segment(
 # -- pointwise / merged class strips ------------------------------------------------------------
 
 
-def _argmax_classes(scores: np.ndarray) -> np.ndarray:
-    """``(K, n, w)`` -> ``(n, w) int32`` argmax, ties to the lower class id (as ``np.argmax``),
-    plane by plane (a strided ``argmax(axis=0)`` is several times slower)."""
-    if scores.shape[0] == 2:
-        return np.greater(scores[1], scores[0]).view(np.int8).astype(np.int32)
-    best = np.array(scores[0], dtype=np.float32)
-    idx = np.zeros(best.shape, dtype=np.int32)
-    for k in range(1, scores.shape[0]):
-        better = scores[k] > best
-        idx[better] = k
-        np.maximum(best, scores[k], out=best)
-    return idx
-
-
 def _accumulate(
     probs: np.ndarray, classes: np.ndarray, scores: np.ndarray, entropy: list[float]
 ) -> None:
@@ -1320,7 +1306,7 @@ def _pointwise_strips(
                     f"segmenter {seg.name!r}: predict returned K = {out.shape[1]} channels, "
                     f"num_classes is {k}"
                 )
-            block = _argmax_classes(out[0])
+            block = postprocess.argmax_classes(out[0])
             if scores is not None:
                 _accumulate(np.asarray(out[0], dtype=np.float32), block, scores, entropy)
             classes[:, x0:x1] = block
@@ -1368,7 +1354,7 @@ def _merged_strips(
         if y0 >= height:
             return
         probs = block[:, : y1 - y0, :width]
-        classes = _argmax_classes(probs)
+        classes = postprocess.argmax_classes(probs)
         _accumulate(probs, classes, scores, entropy)
         ready.append((y0, classes))
 

@@ -142,19 +142,16 @@ def predict_tiled_on_device(
     """
     import torch
 
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim != 3:
-        raise ValueError(f"image must be (C, H, W), got shape {image.shape}")
-    if blend not in tiling.BLEND_MODES:
-        raise ValueError(f"blend mode must be one of {list(tiling.BLEND_MODES)}, got {blend!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    padded, (height, width) = tiling.pad_to_tile(image, tile)
+    # the numpy tiler's checks and messages: blend_weights names the blend modes, pad_to_tile
+    # and tile_grid the shape, tile and overlap
+    blend_map = tiling.blend_weights(tile, mode=blend)
+    batch_size = tiling._as_int("batch_size", batch_size, minimum=1)
+    padded, (height, width) = tiling.pad_to_tile(np.asarray(image, dtype=np.float32), tile)
     padded_h, padded_w = padded.shape[1:]
     windows = tiling.tile_grid(padded_h, padded_w, tile=tile, overlap=overlap)
     with torch.inference_mode():
         source = torch.from_numpy(np.require(padded, requirements=["C", "W"])).to(device)
-        weights = torch.from_numpy(tiling.blend_weights(tile, mode=blend)).to(device)
+        weights = torch.from_numpy(blend_map).to(device)
         total: Any = None
         norm = torch.zeros((padded_h, padded_w), dtype=torch.float32, device=device)
         for start in range(0, len(windows), batch_size):

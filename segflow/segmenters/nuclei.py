@@ -348,55 +348,14 @@ def instances_from_outputs(
     return labels, *instance_classes_and_scores(labels, probabilities, foreground)
 
 
-def finish_segflow_outputs(
-    seg: Segmentation,
-    *,
-    num_classes: int,
-    instances: bool,
-    threshold: float,
-    seed_threshold: float,
-    min_seed: int,
-    min_size: int,
-    h: float,
-) -> Segmentation:
-    """Split the boundary channel (index ``num_classes``) off ``seg.probabilities``; add instances.
-
-    ``seg`` comes from :meth:`Segmenter.finish` with ``probabilities`` of K (+ 1) channels.
-    ``classes`` becomes the argmax of the K class channels; with ``instances`` every instance
-    pixel's class is its instance's class, and foreground outside any instance is background.
-    """
-    probs = seg.probabilities
-    if probs is None:
-        raise ValueError("segflow model outputs need probabilities; the segmentation has none")
-    boundary = probs[num_classes] if probs.shape[0] > num_classes else None
-    probs = np.ascontiguousarray(probs[:num_classes])
-    seg.probabilities = probs
-    seg.classes = argmax_classes(probs)
-    if instances:
-        labels, classes, scores = instances_from_outputs(
-            probs,
-            boundary,
-            threshold=threshold,
-            seed_threshold=seed_threshold,
-            min_seed=min_seed,
-            min_size=min_size,
-            h=h,
-        )
-        seg.instances = labels
-        seg.instance_classes = classes
-        seg.instance_scores = scores
-        lut = np.zeros(len(classes) + 1, dtype=np.int32)
-        for i, c in classes.items():
-            lut[i] = c
-        seg.classes = lut[labels]
-    return seg
-
-
 class SegflowOutputs(Segmenter):
     """Base of the segmenters serving segflow-trained models (``nuclei``, ``unet``).
 
-    Their ``finish`` is :func:`finish_segflow_outputs` with the instance options each sets in
-    ``__init__`` (the attributes below).
+    Their ``finish`` splits the boundary channel (index ``num_classes``) off the probabilities,
+    takes ``classes`` as the argmax of the K class channels and, with ``instances``, labels
+    instances by :func:`instances_from_outputs` with the options each sets in ``__init__`` (the
+    attributes below); every instance pixel's class is then its instance's class, and
+    foreground outside any instance is background.
     """
 
     instances: bool
@@ -413,22 +372,33 @@ class SegflowOutputs(Segmenter):
         *,
         labels: np.ndarray | None = None,
     ) -> Segmentation:
-        """Class argmax, boundary split off, instances (see :func:`instances_from_boundary`)."""
+        """Class argmax, boundary split off, instances (see the class docstring)."""
+        if probabilities is None:
+            raise ValueError("segflow model outputs need probabilities; the segmentation has none")
+        k = self.num_classes
+        boundary = probabilities[k] if probabilities.shape[0] > k else None
+        probs = np.ascontiguousarray(probabilities[:k])
         seg = Segmentation(
-            classes=np.zeros(image.shape[-2:], dtype=np.int32),
-            probabilities=probabilities,
-            class_names=self.class_names,
+            classes=argmax_classes(probs), probabilities=probs, class_names=self.class_names
         )
-        return finish_segflow_outputs(
-            seg,
-            num_classes=self.num_classes,
-            instances=self.instances,
-            threshold=self.threshold,
-            seed_threshold=self.seed_threshold,
-            min_seed=self.min_seed,
-            min_size=self.min_size,
-            h=self.h,
-        )
+        if self.instances:
+            instance_labels, classes, scores = instances_from_outputs(
+                probs,
+                boundary,
+                threshold=self.threshold,
+                seed_threshold=self.seed_threshold,
+                min_seed=self.min_seed,
+                min_size=self.min_size,
+                h=self.h,
+            )
+            seg.instances = instance_labels
+            seg.instance_classes = classes
+            seg.instance_scores = scores
+            lut = np.zeros(len(classes) + 1, dtype=np.int32)
+            for i, c in classes.items():
+                lut[i] = c
+            seg.classes = lut[instance_labels]
+        return seg
 
 
 def check_instance_options(
