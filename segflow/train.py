@@ -84,7 +84,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from segflow.io import read_image, read_labels
 from segflow.preprocess import to_float_chw
-from segflow.segmenters.nuclei import ModelMeta, instances_from_outputs, prepare_input
+from segflow.segmenters.nuclei import (
+    AutoInvert,
+    ModelMeta,
+    instances_from_outputs,
+    prepare_input_steps,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -123,6 +128,7 @@ RESUMABLE_FIELDS = frozenset(
         "device",
         "threads",
         "export_onnx",
+        "onnx_weights",
         "time_limit_s",
         "images",
         "labels",
@@ -163,6 +169,12 @@ class TrainConfig(BaseModel):
     lr: float = Field(default=2e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     scale_range: tuple[float, float] = (0.7, 1.4)
+    inverted_weight: float = Field(
+        default=1.0,
+        gt=0,
+        description="how often an image the auto-inversion inverts (bright background: "
+        "bright-field, H&E) is drawn for a crop, relative to the others",
+    )
     intensity: bool = True
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     val_max_images: int | None = Field(default=None, ge=1)
@@ -191,6 +203,11 @@ class TrainConfig(BaseModel):
     )
     resume: bool = True
     export_onnx: bool = True
+    onnx_weights: Literal["float32", "float16"] = Field(
+        default="float32",
+        description="precision of the weights stored in the ONNX file (float16: half the size, "
+        "still computed in float32)",
+    )
     time_limit_s: float | None = Field(
         default=None, gt=0, description="stop after the epoch passing this"
     )
@@ -218,6 +235,8 @@ class TrainConfig(BaseModel):
         # of runs without workers, written before the field existed, must still resume)
         if self.workers > 0:
             saved["workers"] = True
+        if self.inverted_weight == 1.0:  # as before the field existed
+            saved.pop("inverted_weight")
         return saved
 
 
@@ -287,13 +306,16 @@ class Sample:
     stem: str
     image: np.ndarray
     labels: np.ndarray
+    #: the auto-inversion inverted it (bright background: bright-field, H&E)
+    inverted: bool = False
 
 
 def load_sample(
     stem: str, image_path: Path, label_path: Path, *, meta: ModelMeta, label_kind: str
 ) -> Sample:
     """Read and preprocess one pair (``ValueError`` when the sizes differ)."""
-    image = prepare_input(to_float_chw(read_image(image_path)), meta)
+    image, steps = prepare_input_steps(to_float_chw(read_image(image_path)), meta)
+    inverted = any(isinstance(step, AutoInvert) and step.invert for step in steps)
     labels = read_labels(label_path)
     if labels.shape != image.shape[1:]:
         raise ValueError(
@@ -302,7 +324,7 @@ def load_sample(
         )
     if label_kind == "binary":
         labels = (labels > 0).astype(np.int32)
-    return Sample(stem, image.astype(np.float16), labels.astype(np.int32))
+    return Sample(stem, image.astype(np.float16), labels.astype(np.int32), inverted=inverted)
 
 
 def boundary_target(labels: np.ndarray, *, width: int) -> np.ndarray:
@@ -380,8 +402,12 @@ def _make_batch(
     rng: np.random.Generator, samples: Sequence[Sample], config: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     imgs, labs = [], []
+    weights = np.array([config.inverted_weight if s.inverted else 1.0 for s in samples])
+    # equal weights keep the plain draw, so that earlier runs' crop streams stay the same
+    p = None if np.all(weights == weights[0]) else weights / weights.sum()
     for _ in range(config.batch_size):
-        sample = samples[int(rng.integers(len(samples)))]
+        index = rng.integers(len(samples)) if p is None else rng.choice(len(samples), p=p)
+        sample = samples[int(index)]
         img, lab = augment(
             rng,
             sample,
@@ -907,7 +933,14 @@ def train(
     best_dir = out / "best"
     if config.export_onnx and best_dir.is_dir():
         best_model, _, best_meta = load_model_dir(best_dir)
-        onnx_path = str(export_onnx(best_model, out / "model.onnx", meta=best_meta or meta))
+        onnx_path = str(
+            export_onnx(
+                best_model,
+                out / "model.onnx",
+                meta=best_meta or meta,
+                weights=config.onnx_weights,
+            )
+        )
     best_record = next((h for h in history if h["epoch"] == best_epoch), None)
     result = TrainResult(
         out=str(out),
@@ -980,6 +1013,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "several on a GPU, which otherwise waits on them)",
     )
     parser.add_argument(
+        "--inverted-weight",
+        type=float,
+        default=1.0,
+        help="how often images the auto-inversion inverts (bright-field, H&E) are drawn, "
+        "relative to the others (default 1)",
+    )
+    parser.add_argument(
         "--time-limit",
         type=float,
         default=None,
@@ -1004,6 +1044,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     parser.add_argument(
         "--no-onnx", action="store_true", help="do not export the best model to ONNX"
+    )
+    parser.add_argument(
+        "--onnx-weights",
+        choices=["float32", "float16"],
+        default="float32",
+        help="precision of the weights in the ONNX file (float16: half the size, computed in float32)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's INFO logs")
     return parser
@@ -1036,6 +1082,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         device=args.device,
         threads=args.threads,
         workers=args.workers,
+        inverted_weight=args.inverted_weight,
         time_limit_s=args.time_limit,
         max_images=args.max_images,
         val_max_images=args.val_max_images,
@@ -1043,6 +1090,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         init_from=args.init_from,
         resume=not args.no_resume,
         export_onnx=not args.no_onnx,
+        onnx_weights=args.onnx_weights,
     )
 
 

@@ -147,6 +147,54 @@ def test_nuclei_backend_on_an_exported_model_equals_torch(tmp_path: Path) -> Non
         segmenters.create("nuclei", model_path=str(tmp_path / "plain.onnx"))
 
 
+def test_float16_weights_halve_the_file_and_compute_with_the_rounded_weights(
+    tmp_path: Path,
+) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("segmentation_models_pytorch")
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from segflow.inference import segment_image
+    from segflow.segmenters.torch_unet import build_model, export_onnx
+
+    torch.manual_seed(0)
+    model = build_model(
+        encoder_name="tu-regnetx_002",
+        encoder_depth=3,
+        decoder_channels=(16, 8, 8),
+        in_channels=1,
+        classes=2,
+    ).eval()
+    meta = ModelMeta()
+    full = export_onnx(model, tmp_path / "full.onnx", meta=meta)
+    half = export_onnx(model, tmp_path / "half.onnx", meta=meta, weights="float16")
+    assert 0.4 < half.stat().st_size / full.stat().st_size < 0.6
+    proto = onnx.load(str(half))
+    assert not [i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    assert ModelMeta.from_json(dict((p.key, p.value) for p in proto.metadata_props)["segflow"])
+    # oracle: the float32 export of the same model with every float weight rounded to float16
+    # (batch-norm statistics too: the exporter folds them into the convolutions' weights)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.dtype == torch.float32:
+                tensor.copy_(tensor.half().float())
+    rounded = export_onnx(model, tmp_path / "rounded.onnx", meta=meta)
+    image = np.random.default_rng(0).random((1, 64, 96), dtype=np.float32)
+    outs = {}
+    for path in (full, half, rounded):
+        seg = segmenters.create("nuclei", model_path=str(path), tile=64, threads=1)
+        res = segment_image(seg, image)
+        assert res.probabilities is not None
+        outs[path.stem] = res.probabilities
+    diff_rounding = np.abs(outs["half"] - outs["rounded"]).max()
+    diff_precision = np.abs(outs["half"] - outs["full"]).max()
+    assert diff_precision > 0  # the weights really changed
+    assert diff_rounding < 1e-4 and diff_rounding < diff_precision / 2
+    with pytest.raises(ValueError, match="weights must be 'float32' or 'float16'"):
+        export_onnx(model, tmp_path / "x.onnx", meta=meta, weights="bfloat16")  # type: ignore[arg-type]
+
+
 def test_nuclei_missing_file_names_the_expected_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -277,6 +277,43 @@ def test_crop_workers_give_the_same_stream_for_any_count(synth: Path, tmp_path: 
     assert not np.array_equal(plain[1][0], serial[1][0])
 
 
+def test_inverted_weight_draws_bright_background_images_more_often(
+    synth: Path, tmp_path: Path
+) -> None:
+    import cv2
+
+    from segflow.train import _make_batch
+
+    # load_sample records the auto-inversion's decision: a synthetic fluorescence image is not
+    # inverted, the same image with its grey values reversed is
+    stem, image_path, label_path = list_pairs(synth / "images", synth / "labels")[0]
+    bright = tmp_path / "bright.png"
+    cv2.imwrite(str(bright), 255 - cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED))
+    meta = ModelMeta(channels=1, label_kind="instances", boundary=False)
+    assert not load_sample(stem, image_path, label_path, meta=meta, label_kind="instances").inverted
+    assert load_sample(stem, bright, label_path, meta=meta, label_kind="instances").inverted
+
+    labels = np.zeros((64, 64), dtype=np.int32)
+    samples = [
+        Sample("dark", np.zeros((1, 64, 64), np.float16), labels),
+        Sample("bright", np.ones((1, 64, 64), np.float16), labels, inverted=True),
+        Sample("dark2", np.zeros((1, 64, 64), np.float16), labels),
+    ]
+
+    def bright_share(weight: float) -> float:
+        cfg = _config(synth, tmp_path / "w", crop=32, batch_size=8, intensity=False)
+        cfg = cfg.model_copy(update={"inverted_weight": weight})
+        rng = np.random.default_rng(0)
+        crops = np.concatenate([_make_batch(rng, samples, cfg)[0] for _ in range(60)])
+        return float((crops.mean(axis=(1, 2, 3)) > 0.5).mean())
+
+    assert bright_share(1.0) == pytest.approx(1 / 3, abs=0.07)
+    assert bright_share(4.0) == pytest.approx(4 / 6, abs=0.07)
+    # the default leaves the fingerprint (and so resuming older checkpoints) as it was
+    assert "inverted_weight" not in _config(synth, tmp_path / "w").fingerprint()
+    assert _config(synth, tmp_path / "w", inverted_weight=2.0).fingerprint()["inverted_weight"] == 2
+
+
 def test_training_with_crop_workers_is_deterministic_and_resumes(
     synth: Path, tmp_path: Path
 ) -> None:

@@ -26,6 +26,9 @@ import numpy as np
 from segflow import tiling
 from segflow.segmenters.onnx import parse_device
 
+# results larger than this come back through pageable memory (see _to_host)
+PINNED_RESULT_MAX_BYTES = 1 << 30
+
 __all__ = [
     "autocast",
     "check_threads",
@@ -171,5 +174,22 @@ def predict_tiled_on_device(
                 total[(slice(None), *window.slices)].addcmul_(values, weights)
                 norm[window.slices].add_(weights)
         total /= norm
-        result = total[:, :height, :width].cpu().numpy()
-    return np.ascontiguousarray(result)
+        return _to_host(total[:, :height, :width])
+
+
+def _to_host(tensor: Any) -> np.ndarray:
+    """A CUDA tensor's values as a C-contiguous numpy array, copied through pinned memory.
+
+    A copy into ordinary (pageable) host memory goes through the driver's staging buffers at a
+    fraction of the bus's speed; for the (K, H, W) float32 result of a tiled prediction that
+    copy cost more than the blending. Results over ``PINNED_RESULT_MAX_BYTES`` (and CPU tensors)
+    take the ordinary path, so that a gigapixel result does not lock that much RAM.
+    """
+    import torch
+
+    nbytes = tensor.numel() * tensor.element_size()
+    if tensor.device.type != "cuda" or nbytes > PINNED_RESULT_MAX_BYTES:
+        return np.ascontiguousarray(tensor.cpu().numpy())
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor)
+    return host.numpy()

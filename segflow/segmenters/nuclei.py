@@ -89,6 +89,7 @@ __all__ = [
     "instances_from_boundary",
     "instances_from_outputs",
     "prepare_input",
+    "prepare_input_steps",
 ]
 
 logger = logging.getLogger(__name__)
@@ -251,11 +252,17 @@ def prepare_input(image: np.ndarray, meta: ModelMeta) -> np.ndarray:
     Channels adapted (grey = mean of R, G, B), then the metadata's steps fitted on the image and
     applied. Training and every backend call this same function.
     """
+    return prepare_input_steps(image, meta)[0]
+
+
+def prepare_input_steps(image: np.ndarray, meta: ModelMeta) -> tuple[np.ndarray, list[Step]]:
+    """:func:`prepare_input` and the steps as fitted on ``image`` (e.g. whether it was inverted)."""
     x = adapt_channels(np.asarray(image, dtype=np.float32), meta.channels)
-    for step in meta.steps():
+    steps = meta.steps()
+    for step in steps:
         step.fit(x)
         x = step.apply(x)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.ascontiguousarray(x, dtype=np.float32), steps
 
 
 # --------------------------------------------------------------------------------------------

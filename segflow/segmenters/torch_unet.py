@@ -248,13 +248,21 @@ def export_onnx(
     meta: ModelMeta,
     opset: int = 17,
     sample_size: int = 64,
+    weights: Literal["float32", "float16"] = "float32",
 ) -> Path:
     """Export ``model`` with segflow's outputs to ONNX, metadata stored in ``metadata_props``.
 
     Inputs ``image`` (N, C, H, W) float32 with dynamic N, H, W (multiples of ``meta.divisor``);
     outputs ``probabilities`` and (boundary head) ``boundary``. Uses the TorchScript exporter
     (``dynamo=False``), which needs no ``onnxscript``. The file is written atomically.
+
+    ``weights="float16"`` stores the weights in half precision (half the file) and casts them
+    back to float32 inside the graph (ONNX Runtime folds the casts when it loads the file), so
+    the model still computes in float32 on any CPU: the outputs are those of the model with
+    its weights rounded to float16.
     """
+    if weights not in ("float32", "float16"):
+        raise ValueError(f"weights must be 'float32' or 'float16', got {weights!r}")
     import onnx
     import torch
 
@@ -278,10 +286,42 @@ def export_onnx(
             dynamo=False,
         )
     proto = onnx.load(str(tmp))
+    if weights == "float16":
+        _store_weights_as_float16(proto)
     onnx.helper.set_model_props(proto, {"segflow": meta.to_json()})
     onnx.save(proto, str(tmp))
     tmp.replace(out)
     return out
+
+
+def _store_weights_as_float16(proto: Any) -> None:
+    """Replace each float32 initializer by a float16 one plus a ``Cast`` back to float32."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    kept, casts = [], []
+    for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT:
+            kept.append(init)
+            continue
+        half = numpy_helper.to_array(init).astype(np.float16)
+        kept.append(numpy_helper.from_array(half, name=f"{init.name}__float16"))
+        casts.append(
+            onnx.helper.make_node(
+                "Cast",
+                [f"{init.name}__float16"],
+                [init.name],
+                to=onnx.TensorProto.FLOAT,
+                name=f"{init.name}__cast",
+            )
+        )
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    # the casts go first: nodes must come after what they read (topological order)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*casts, *nodes])
 
 
 # --------------------------------------------------------------------------------------------
