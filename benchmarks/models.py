@@ -1,12 +1,12 @@
 """The ``unet`` backend: tiled throughput vs the raw forward pass; torch vs ONNX Runtime.
 
-Model: segflow's nuclei architecture (``TrainConfig`` defaults: smp ``Unet``, ``resnet18``
-encoder, depth 4, decoder 64, 32, 16, 16, 1 input channel, foreground + boundary heads, i.e. the
-shipped ``models/nuclei/nuclei.onnx``) with random weights (``torch.manual_seed(0)``, no
-downloads), built by ``segflow.train._build`` / ``_meta_for`` as training builds it, saved with
-``save_model_dir`` and exported with ``export_onnx`` into a temporary folder. Both backends load
-it from there as the pipeline would: ``segmenters.create("unet", ...)`` and
-``segmenters.create("nuclei", model_path=...)``.
+Model: segflow's training defaults (``TrainConfig``: smp ``Unet``, ``resnet18`` encoder, depth
+4, decoder 64, 32, 16, 16, 1 input channel, foreground + boundary heads; the shipped
+``models/nuclei/nuclei.onnx`` has the same encoder and a wider decoder, 128, 64, 32, 16) with
+random weights (``torch.manual_seed(0)``, no downloads), built by ``segflow.train._build`` /
+``_meta_for`` as training builds it, saved with ``save_model_dir`` and exported with
+``export_onnx`` into a temporary folder. Both backends load it from there as the pipeline
+would: ``segmenters.create("unet", ...)`` and ``segmenters.create("nuclei", model_path=...)``.
 
 Image: 2048 x 2048 grey float32 (seeded noise plus bright disks). With tile 512 and overlap 64
 (``segment_image``'s defaults; ``nuclei``'s tile 512 / halo 32 gives the same 5 x 5 windows)
