@@ -191,6 +191,9 @@ def _to_host(tensor: Any) -> np.ndarray:
     nbytes = tensor.numel() * tensor.element_size()
     if tensor.device.type != "cuda" or nbytes > PINNED_RESULT_MAX_BYTES:
         return np.ascontiguousarray(tensor.cpu().numpy())
-    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    try:
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    except RuntimeError:  # page-locked memory can run out; the pageable copy still works
+        return np.ascontiguousarray(tensor.cpu().numpy())
     host.copy_(tensor)
     return host.numpy()
