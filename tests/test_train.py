@@ -438,9 +438,14 @@ def test_command_line_arguments_build_the_config() -> None:
             "--time-limit",
             "60",
             "--no-onnx",
+            "--inverted-weight",
+            "2.5",
+            "--onnx-weights",
+            "float16",
         ]
     )
     cfg = config_from_args(args)
+    assert cfg.inverted_weight == 2.5 and cfg.onnx_weights == "float16"
     assert (cfg.images, cfg.labels, cfg.out) == ("imgs", "labs", "o")
     assert cfg.decoder_channels == [32, 16, 8] and cfg.encoder_depth == 3 and cfg.epochs == 4
     assert cfg.cpu_bf16 and cfg.class_names == ["background", "nucleus"]
