@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -99,21 +100,28 @@ def test_model_meta_json_round_trip_and_errors() -> None:
         ModelMeta(label_kind="classes", class_names=("a", "b", "c"), boundary=True)
 
 
-def test_nuclei_backend_on_an_exported_model_equals_torch(tmp_path: Path) -> None:
+def _tiny_model() -> Any:
+    """A random tiny smp U-Net (1 channel in, 2 classes; skips without torch/smp/onnxruntime)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("segmentation_models_pytorch")
     pytest.importorskip("onnxruntime")
-    from segflow.inference import segment_image
-    from segflow.segmenters.torch_unet import build_model, export_onnx, save_model_dir
+    from segflow.segmenters.torch_unet import build_model
 
     torch.manual_seed(0)
-    model = build_model(
+    return build_model(
         encoder_name="tu-regnetx_002",
         encoder_depth=3,
         decoder_channels=(16, 8, 8),
         in_channels=1,
         classes=2,
     ).eval()
+
+
+def test_nuclei_backend_on_an_exported_model_equals_torch(tmp_path: Path) -> None:
+    from segflow.inference import segment_image
+    from segflow.segmenters.torch_unet import export_onnx, save_model_dir
+
+    model = _tiny_model()
     meta = ModelMeta()
     save_model_dir(model, tmp_path / "ckpt", meta=meta)
     export_onnx(model, tmp_path / "m.onnx", meta=meta)
@@ -150,22 +158,13 @@ def test_nuclei_backend_on_an_exported_model_equals_torch(tmp_path: Path) -> Non
 def test_float16_weights_halve_the_file_and_compute_with_the_rounded_weights(
     tmp_path: Path,
 ) -> None:
+    model = _tiny_model()
     torch = pytest.importorskip("torch")
-    pytest.importorskip("segmentation_models_pytorch")
-    pytest.importorskip("onnxruntime")
     import onnx
 
     from segflow.inference import segment_image
-    from segflow.segmenters.torch_unet import build_model, export_onnx
+    from segflow.segmenters.torch_unet import export_onnx
 
-    torch.manual_seed(0)
-    model = build_model(
-        encoder_name="tu-regnetx_002",
-        encoder_depth=3,
-        decoder_channels=(16, 8, 8),
-        in_channels=1,
-        classes=2,
-    ).eval()
     meta = ModelMeta()
     full = export_onnx(model, tmp_path / "full.onnx", meta=meta)
     half = export_onnx(model, tmp_path / "half.onnx", meta=meta, weights="float16")
