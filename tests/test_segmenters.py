@@ -666,3 +666,53 @@ def test_float_histogram_and_otsu_equal_numpy_and_skimage(
     counts_f, centers = classic._grey_histogram(values, nbins)
     multi = filters.threshold_multiotsu(classes=3, hist=(counts_f / np.sum(counts_f), centers))
     np.testing.assert_array_equal(multi, ref_multi)
+
+
+def _edge_neighbours(lo: np.float32, hi: np.float32, nbins: int, ulps: int) -> np.ndarray:
+    """The float32 values within ``ulps`` steps of every float64 bin edge of [lo, hi]."""
+    near = np.linspace(float(lo), float(hi), nbins + 1).astype(np.float32)
+    out = [near]
+    up, down = near, near
+    for _ in range(ulps):
+        up = np.nextafter(up, np.float32(np.inf))
+        down = np.nextafter(down, np.float32(-np.inf))
+        out += [up, down]
+    values = np.concatenate(out)
+    return values[(values >= lo) & (values <= hi)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 200_000),
+    kind=st.sampled_from(["uniform", "8bit", "smoothed", "rounded", "tiny", "edges", "narrow"]),
+    nbins=st.sampled_from([2, 3, 17, 255, 256, 1000]),
+)
+def test_float32_histogram_equals_numpy_of_the_float64_values(
+    seed: int, n: int, kind: str, nbins: int
+) -> None:
+    """The float32 fast path (float32 index estimate, exact float64 bins near the edges)."""
+    rng = np.random.default_rng(seed)
+    if kind == "edges":  # values on and next to the bin edges, plus lo and hi themselves
+        lo, hi = np.sort(rng.normal(size=2) * 10.0 ** rng.uniform(-3, 3)).astype(np.float32)
+        if lo == hi:
+            hi = np.nextafter(lo, np.float32(np.inf))
+        values = np.concatenate(
+            [_edge_neighbours(lo, hi, nbins, 3), rng.uniform(lo, hi, n).astype(np.float32)]
+        )
+    else:
+        values = {
+            "uniform": lambda: rng.random(n),
+            "8bit": lambda: rng.integers(0, 256, n) / 255.0,
+            "smoothed": lambda: ndi.gaussian_filter(rng.integers(0, 256, n) / 255.0, 1.0),
+            "rounded": lambda: np.round(rng.normal(size=n), 2),
+            "tiny": lambda: rng.random(n) * 1e-30,
+            "narrow": lambda: 1000 + rng.random(n) * 1e-3,  # loose error bound: NumPy fallback
+        }[kind]().astype(np.float32)
+    counts, edges = classic.float_histogram(values, nbins=nbins)
+    ref_counts, ref_edges = np.histogram(values.astype(np.float64), bins=nbins)
+    np.testing.assert_array_equal(counts, ref_counts)
+    np.testing.assert_array_equal(edges, ref_edges)
+    assert classic.otsu_threshold(values, nbins=nbins) == filters.threshold_otsu(
+        values.astype(np.float64), nbins=nbins
+    )
