@@ -716,3 +716,40 @@ def test_float32_histogram_equals_numpy_of_the_float64_values(
     assert classic.otsu_threshold(values, nbins=nbins) == filters.threshold_otsu(
         values.astype(np.float64), nbins=nbins
     )
+
+
+def test_float32_comparisons_decide_as_float64() -> None:
+    """``_above`` / ``_at_most`` on float32 values give the float64 decisions, also for
+    thresholds between, on and next to float32 values, and beyond float32's range."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate(
+        [
+            rng.random(5000).astype(np.float32),
+            np.array([0.0, 1.0, np.inf, -np.inf, np.nan, 3e38, -3e38], dtype=np.float32),
+        ]
+    )
+    x = np.concatenate([x, np.nextafter(x, np.float32(1)), np.nextafter(x, np.float32(-1))])
+    x64 = x.astype(np.float64)
+    picks = x64[rng.integers(0, x.size, 200)]
+    thresholds = [*picks, *(picks + 1e-12), *(picks - 1e-12), 0.5, 1e300, -1e300, np.inf, -np.inf]
+    for t in thresholds:
+        t = float(t)
+        np.testing.assert_array_equal(classic._above(x, t), x64 > t)
+        np.testing.assert_array_equal(classic._at_most(x, t), x64 <= t)
+        np.testing.assert_array_equal(classic._above(x64, t), x64 > t)
+
+
+@pytest.mark.parametrize("polarity", ["bright", "dark", "auto"])
+def test_otsu_on_one_float32_channel_equals_the_float64_decision(polarity: str) -> None:
+    """Smoothed (off the 8-bit grid) single-channel images take the float32 path."""
+    for seed in range(6):
+        img, _ = discs(seed, shape=(70, 90), dark=seed % 2 == 1, noise=0.1)
+        seg = segmenters.create("otsu", polarity=polarity, sigma=1.0, instances=False)
+        prepared = seg.prepare(img)
+        assert not classic.is_8bit_grid(prepared)
+        g = prepared[0].astype(np.float64)
+        t = filters.threshold_otsu(g)
+        out = segment_image(seg, img)
+        assert seg.threshold == t
+        dark = polarity == "dark" or (polarity == "auto" and 2 * np.count_nonzero(g > t) > g.size)
+        np.testing.assert_array_equal(out.classes == 1, g <= t if dark else g > t)

@@ -401,7 +401,47 @@ def objects_are_dark(grey_image: np.ndarray, threshold: float) -> bool:
     True (dark objects) when more than half of the pixels are above ``threshold``.
     """
     g = np.asarray(grey_image)
-    return 2 * int(np.count_nonzero(g > threshold)) > g.size
+    return 2 * int(np.count_nonzero(_above(g, threshold))) > g.size
+
+
+def _grey_or_channel(x: np.ndarray, *, axis: int, snap: bool) -> np.ndarray:
+    """:func:`grey` values of ``x``; one float32 channel that is not snapped comes back as
+    itself (a view) instead of a float64 copy: the same values (float32 -> float64 is exact),
+    to be compared with :func:`_above` / :func:`_at_most`."""
+    arr = np.asarray(x)
+    if arr.shape[axis] == 1 and not snap and arr.dtype == np.float32:
+        return np.moveaxis(arr, axis, 0)[0]
+    return grey(arr, axis=axis, snap=snap)
+
+
+def _float32_floor(t: float) -> np.float32:
+    """The largest float32 ``<= t``: a float32 ``x`` is ``> t`` exactly when it is ``> `` this
+    (the next float32 up is already above ``t``), and ``<= t`` exactly when it is ``<=``."""
+    with np.errstate(over="ignore"):
+        f = np.float32(t)
+    if float(f) > t:
+        f = np.nextafter(f, np.float32(-np.inf))
+    return f
+
+
+def _above(g: np.ndarray, t: float) -> np.ndarray:
+    """``g > t`` as float64 decides it, for float64 ``g`` and for float32 ``g`` (which NumPy
+    would compare with ``t`` rounded to float32)."""
+    return np.greater(g, _float32_floor(t) if g.dtype == np.float32 else t)
+
+
+def _at_most(g: np.ndarray, t: float) -> np.ndarray:
+    """``g <= t`` as float64 decides it (see :func:`_above`)."""
+    return np.less_equal(g, _float32_floor(t) if g.dtype == np.float32 else t)
+
+
+def _one_hot_mask(fg: np.ndarray) -> np.ndarray:
+    """(N, t, t) bool -> (N, 2, t, t) float32 one-hot scores: ``_one_hot(fg, 2)`` without the
+    int8 class ids."""
+    out = np.empty((fg.shape[0], 2, *fg.shape[1:]), dtype=np.float32)
+    np.logical_not(fg, out=out[:, 0])
+    np.copyto(out[:, 1], fg)
+    return out
 
 
 def _one_hot(idx: np.ndarray, k: int) -> np.ndarray:
@@ -447,11 +487,12 @@ class _Classic(Segmenter):
     def _fit_otsu(self, image: np.ndarray) -> np.ndarray:
         """Otsu threshold and polarity of the image's grey values (on an overview).
 
-        Returns the overview's grey values (H', W') float64 for further statistics.
+        Returns the overview's grey values (H', W') for further statistics: float64, or for
+        one float32 channel that is not snapped that channel itself (the same values).
         """
         img = _check_chw(image)
         self._snap = is_8bit_grid(img, max_pixels=SNAP_SAMPLE_PIXELS)
-        g = grey(overview(img), axis=0, snap=self._snap)
+        g = _grey_or_channel(overview(img), axis=0, snap=self._snap)
         self.threshold = otsu_threshold(g, nbins=self.nbins)
         if self.polarity == "auto":
             self.dark = objects_are_dark(g, self.threshold)
@@ -467,8 +508,8 @@ class _Classic(Segmenter):
     def _foreground(self, tile: np.ndarray, *, axis: int) -> np.ndarray:
         """Otsu foreground of ``tile`` with the fitted threshold and polarity (bool)."""
         t, dark = self._require_fit()
-        g = grey(tile, axis=axis, snap=self._snap)
-        return g <= t if dark else g > t
+        g = _grey_or_channel(tile, axis=axis, snap=self._snap)
+        return _at_most(g, t) if dark else _above(g, t)
 
 
 class _Threshold(_Classic):
@@ -610,7 +651,7 @@ class OtsuSegmenter(_Threshold):
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, t, t) float32 -> (N, 2, t, t) float32 one-hot (background, object)."""
         fg = self._foreground(_check_batch(batch), axis=1)
-        return _one_hot(fg.astype(np.int8), 2)
+        return _one_hot_mask(fg)
 
 
 @register("multiotsu")
