@@ -205,16 +205,33 @@ def _kept(labels: np.ndarray, n: int, n_min: int) -> np.ndarray:
     return keep
 
 
+#: Above one run per this many pixels, component sizes come from a histogram instead.
+_RUNS_PER_PIXEL = 8
+
+
 def component_sizes(labels: np.ndarray, n: int) -> np.ndarray:
     """Pixel count of each label ``0..n`` of ``labels`` (H, W) int32 -> (n + 1,) int64.
 
-    OpenCV's 16-bit histogram when every count is exact in its float32 bins (fewer than 2**24
-    pixels, ids below 2**16): ~5x faster than ``np.bincount`` (which first widens the image).
+    From the runs of equal ids in raster order (one comparison pass; a label map of blobs has
+    few runs): ~3x faster than a histogram of the ids, whose counts of one busy bin depend on
+    each other. Maps with too many runs (noise) take OpenCV's 16-bit histogram when every count
+    is exact in its float32 bins (fewer than 2**24 pixels, ids below 2**16), else
+    ``np.bincount``.
     """
-    if n < (1 << 16) - 1 and labels.size < (1 << 24) and labels.ndim == 2 and labels.size:
+    flat = np.ascontiguousarray(labels).reshape(-1)
+    if flat.size == 0:
+        return np.zeros(n + 1, dtype=np.int64)
+    change = np.flatnonzero(flat[1:] != flat[:-1])
+    if change.size < flat.size // _RUNS_PER_PIXEL:
+        starts = np.empty(change.size + 1, dtype=np.intp)
+        starts[0] = 0
+        np.add(change, 1, out=starts[1:])
+        lengths = np.diff(starts, append=flat.size)
+        return np.bincount(flat[starts], weights=lengths, minlength=n + 1).astype(np.int64)
+    if n < (1 << 16) - 1 and flat.size < (1 << 24) and labels.ndim == 2:
         hist = cv2.calcHist([labels.astype(np.uint16)], [0], None, [n + 1], [0, n + 1])
         return hist.ravel().astype(np.int64)
-    return np.bincount(labels.ravel(), minlength=n + 1).astype(np.int64)
+    return np.bincount(flat, minlength=n + 1).astype(np.int64)
 
 
 def binary_instances(
@@ -236,6 +253,12 @@ def binary_instances(
         return labels, n
     lut = np.cumsum(keep, dtype=np.int32)
     lut[~keep] = 0
+    if n < 256 and labels.flags.c_contiguous:
+        # one byte per id: OpenCV's table lookup (0.3 ms on 1 MP) instead of np.take, which
+        # first widens the int32 ids to an 8 MB intp copy (1 ms)
+        table = np.zeros(256, dtype=np.int32)
+        table[: n + 1] = lut
+        return np.asarray(cv2.LUT(labels.astype(np.uint8), table)), int(lut.max())
     return np.take(lut, labels, mode="clip"), int(lut.max())
 
 

@@ -269,3 +269,42 @@ def test_argmax_classes_is_numpy_argmax_with_ties_to_the_lower_id(
 def test_argmax_classes_refuses_other_shapes() -> None:
     with pytest.raises(ValueError, match=r"scores must be \(K, H, W\) with K >= 1, got shape"):
         pp.argmax_classes(np.zeros((4, 4), np.float32))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("kind", ["discs", "noise", "many_blobs", "empty", "full", "line"])
+def test_component_sizes_and_binary_instances_on_larger_maps(seed: int, kind: str) -> None:
+    """Both size paths (runs of a blob map, histogram of a noisy one) and both renumberings
+    (a byte table below 256 ids, np.take above) against bincount and scikit-image."""
+    rng = np.random.default_rng(seed)
+
+    def discs_and_specks() -> np.ndarray:  # tens of components, few runs
+        yy, xx = np.mgrid[:300, :420]
+        out = np.zeros((300, 420), bool)
+        for _ in range(40):
+            cy, cx, r = rng.integers(0, 300), rng.integers(0, 420), rng.integers(1, 15)
+            out |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        out[rng.integers(0, 300, 60), rng.integers(0, 420, 60)] = True
+        return out
+
+    mask = {
+        "discs": discs_and_specks,
+        "noise": lambda: rng.random((200, 230)) < 0.3,  # thousands of specks, many runs
+        "many_blobs": lambda: blobs(seed, (600, 700), p=0.2),  # hundreds of components
+        "empty": lambda: np.zeros((50, 60), bool),
+        "full": lambda: np.ones((50, 60), bool),
+        "line": lambda: rng.random((1, 500)) < 0.5,
+    }[kind]()
+    for connectivity in (1, 2):
+        labels, n = pp.label_components(mask, connectivity=connectivity)
+        np.testing.assert_array_equal(
+            pp.component_sizes(labels, n), np.bincount(labels.ravel(), minlength=n + 1)
+        )
+        for min_size in (2, 5, 40):
+            got, n_got = pp.binary_instances(mask, min_size=min_size, connectivity=connectivity)
+            cleaned = morphology.remove_small_objects(
+                mask, max_size=min_size - 1, connectivity=connectivity
+            )
+            ref = measure.label(cleaned, connectivity=connectivity)
+            np.testing.assert_array_equal(got, ref)
+            assert n_got == ref.max() and got.dtype == np.int32 and got.shape == mask.shape
