@@ -371,6 +371,23 @@ def test_encode_objects_many_objects_long_counts() -> None:
         assert list(obj.bbox) == mask_utils.toBbox(expected).astype(int).tolist()
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.int64])
+@pytest.mark.parametrize("offset", [0, 250, 65_530, 2**31 - 10])
+def test_encode_objects_ids_around_the_narrow_copies(dtype: type, offset: int) -> None:
+    """Ids below 256 / 65536 are encoded from a one- / two-byte copy; ids crossing those
+    limits, and larger ones, must come out the same as each label's own mask."""
+    rng = np.random.default_rng(offset % 97)
+    small = rng.integers(0, 9, size=(37, 29))
+    labels = np.where(small > 0, small + offset, 0).astype(dtype)
+    objects = rle.encode_objects(labels)
+    ids = sorted(set(np.unique(labels).tolist()) - {0})
+    assert [o.label for o in objects] == ids
+    for obj in objects:
+        mask = labels == obj.label
+        assert obj.rle["counts"] == coco_str(mask)
+        assert obj.area == int(mask.sum())
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int64, np.uint64])
 def test_encode_labels_dtypes_and_sparse_ids(dtype: type) -> None:
     rng = np.random.default_rng(13)
