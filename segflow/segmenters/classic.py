@@ -188,9 +188,10 @@ def _float32_counts(
         return None
     tol = tol64 + 16.0 * _EPS32 * nbins
     lo32, scale32 = np.float32(lo), np.float32(scale)
-    # indices from nbins - 1 up are the last bin whatever the rounding (the top edge closes
-    # it): clipping there keeps them in uint8 and away from the near-integer test
-    top = np.float32(nbins - 0.5)
+    # indices below 1/2 are bin 0 and from nbins - 1 up the last bin whatever the rounding
+    # (the outer edges close them): clipping to [1/2, nbins - 1/2] keeps them in uint8 and
+    # away from the near-integer test (the image's minimum itself is exactly 0, an integer)
+    bottom, top = np.float32(0.5), np.float32(nbins - 0.5)
     # a float32 at most 0.5 - tol (rounded down), so no value within tol of an edge escapes
     far = np.nextafter(np.float32(0.5 - tol), np.float32(0.0))
     hist = np.zeros((nbins, 1), dtype=np.float32)
@@ -204,7 +205,7 @@ def _float32_counts(
         f, idx, near = fbuf[: v.size], ibuf[: v.size], bbuf[: v.size]
         np.subtract(v, lo32, out=f)  # >= 0: v >= lo and rounding is monotone
         f *= scale32
-        np.minimum(f, top, out=f)
+        np.clip(f, bottom, top, out=f)
         np.copyto(idx, f, casting="unsafe")  # truncation
         cv2.calcHist([idx], [0], None, [nbins], [0, nbins], hist=hist, accumulate=True)
         f -= idx  # the fractional part (exact), then its distance from the nearest integer
