@@ -28,7 +28,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 import segflow
-from segflow.config import RunConfig, apply_thread_limits, default_workers
+from segflow.config import (
+    RunConfig,
+    apply_malloc_settings,
+    apply_thread_limits,
+    default_workers,
+)
 from segflow.evaluate import ChunkResult, RunStats, items_by_chunk
 from segflow.scale import effective_chunk_size
 from tasks.artifacts import PROGRESS_MIN_INTERVAL_S, Progress, publish_report
@@ -86,6 +91,7 @@ def segment_batch(config: RunConfig, expected_images: int | None = None) -> Stat
         return run_on_dask(segment_batch, config)
     started = dt.datetime.now(dt.UTC)
     apply_thread_limits(1)
+    apply_malloc_settings()  # images reuse freed memory instead of page-faulting it back in
     run_id = str(flow_run.get_id() or "local")
     name = input_name(config.input)
     config_hash = config.config_hash()

@@ -46,6 +46,7 @@ __all__ = [
     "PREPROCESS_ID",
     "RunConfig",
     "Scalar",
+    "apply_malloc_settings",
     "apply_thread_limits",
     "default_workers",
     "parse_scalar",
@@ -358,6 +359,45 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+#: glibc ``mallopt`` parameters (``<malloc.h>``).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: Blocks below this many bytes come from the heap, whose freed memory is reused (a 1 MP image's
+#: largest maps are 4-8 MB; glibc's default threshold starts at 128 KB and moves with frees).
+MALLOC_MMAP_THRESHOLD = 64 << 20
+#: glibc gives freed heap memory back to the OS only above this much at its top.
+MALLOC_TRIM_THRESHOLD = 256 << 20
+
+
+def apply_malloc_settings(
+    *, mmap_threshold: int = MALLOC_MMAP_THRESHOLD, trim_threshold: int = MALLOC_TRIM_THRESHOLD
+) -> bool:
+    """Let glibc's malloc keep freed memory for the next image (Linux with glibc only).
+
+    Every image allocates a few maps of its own size (a 1 MP Otsu image: ~16 MB of float32 and
+    int32 arrays) and frees them when done. With glibc's defaults the heap's top is then given
+    back to the OS (its trim threshold follows the largest freed block) and the next image
+    page-faults those megabytes in again, zero-filled by the kernel: ~1,500 faults and ~2.5 ms
+    of CPU per 1 MP image in ``segment_batch``. Fixed thresholds keep the memory in the heap:
+    RSS stays at the per-image peak (it does not grow with the number of images) instead of
+    dropping between images. Process-wide, like :func:`apply_thread_limits`; returns whether
+    the settings were applied (False where the C library is not glibc).
+    """
+    for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+            raise ValueError(f"{name} must be an integer from 0 to 2**31 - 1 bytes, got {value!r}")
+    import ctypes
+    import platform
+    import sys
+
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    ok = mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
+    return bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1 and ok)
 
 
 def apply_thread_limits(threads: int = 1) -> dict[str, int]:

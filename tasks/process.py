@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from segflow.config import RunConfig, apply_thread_limits
+from segflow.config import RunConfig, apply_malloc_settings, apply_thread_limits
 from segflow.evaluate import ChunkResult
 from segflow.evaluate import process_chunk as _process_chunk
 from segflow.ingest import ImageItem
@@ -28,6 +28,7 @@ def process_chunk(
     # one thread per library per task: on a Dask worker (another process) the flow's own limit
     # does not apply, and OpenCV would otherwise start a thread per core in every worker
     apply_thread_limits(1)
+    apply_malloc_settings()  # likewise: a Dask worker is another process
     # segmenters needing the orchestration layer (a Prefect Secret, a concurrency limit) are
     # built here; None lets the chunk build any other segmenter itself
     result = _process_chunk(

@@ -6,10 +6,17 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from segflow.config import RunConfig, apply_thread_limits, parse_scalar, parse_set
+from segflow.config import (
+    RunConfig,
+    apply_malloc_settings,
+    apply_thread_limits,
+    parse_scalar,
+    parse_set,
+)
 
 BASE = {"input": "/data/in", "out": "/data/out"}
 
@@ -264,3 +271,24 @@ def test_config_hash_follows_the_model_file_content(tmp_path) -> None:
     assert changed.config_hash() != before
     # classic segmenters read no model file
     assert RunConfig(input="in", out="out", segmenter="otsu").model_digests() == []
+
+
+def test_apply_malloc_settings_keeps_freed_memory_for_the_next_image() -> None:
+    import platform
+    import resource
+    import sys
+
+    with pytest.raises(ValueError, match="trim_threshold"):
+        apply_malloc_settings(trim_threshold=-1)
+    with pytest.raises(ValueError, match="mmap_threshold"):
+        apply_malloc_settings(mmap_threshold=2**40)
+    applied = apply_malloc_settings()
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        assert applied is False
+        return
+    assert applied is True
+    # an image-sized map, freed and allocated again: the second time its pages are still there
+    np.ones(4 << 20, dtype=np.float32)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    np.ones(4 << 20, dtype=np.float32)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 256  # 16 MB = 4096 pages
