@@ -753,3 +753,63 @@ def test_otsu_on_one_float32_channel_equals_the_float64_decision(polarity: str) 
         assert seg.threshold == t
         dark = polarity == "dark" or (polarity == "auto" and 2 * np.count_nonzero(g > t) > g.size)
         np.testing.assert_array_equal(out.classes == 1, g <= t if dark else g > t)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(["uniform", "bimodal", "few", "two", "constant", "stray"]),
+    nbins=st.sampled_from([2, 17, 51, 255, 256, 1000]),  # 51, 255: edges on levels k / 255
+    polarity=st.sampled_from(["bright", "dark", "auto"]),
+)
+def test_otsu_on_one_8bit_channel_from_level_counts_equals_the_grey_image_path(
+    seed: int, kind: str, nbins: int, polarity: str
+) -> None:
+    """One channel on the 8-bit grid: threshold and polarity from the 256 level counts, and the
+    decision looked up by level, equal the float64 grey-image path and scikit-image."""
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 60)), int(rng.integers(1, 60)))
+    u8 = {
+        "uniform": lambda: rng.integers(0, 256, shape),
+        "bimodal": lambda: np.clip(rng.normal(rng.choice([60, 190], shape), 20), 0, 255),
+        "few": lambda: rng.choice(rng.integers(0, 256, 4), shape),
+        "two": lambda: rng.choice([0, 255], shape),
+        "constant": lambda: np.full(shape, rng.integers(0, 256)),
+        "stray": lambda: rng.integers(0, 256, shape),
+    }[kind]().astype(np.uint8)
+    img = to_float_chw(u8)
+    if kind == "stray":  # off-grid values the grid check's sample may miss: snapped to a level
+        img[0].flat[rng.integers(0, img[0].size, 3)] += np.float32(0.3 / 255)
+        np.clip(img, 0, 1, out=img)
+    fast = classic.OtsuSegmenter(polarity=polarity, nbins=nbins, instances=False)
+    fast.fit(img)
+    slow = classic.OtsuSegmenter(polarity=polarity, nbins=nbins, instances=False)
+    g = slow._fit_otsu(img)
+    assert (fast.threshold, fast.dark, fast._snap) == (slow.threshold, slow.dark, slow._snap)
+    if not fast._snap:
+        return
+    assert fast.threshold == (g[0, 0] if g.min() == g.max() else filters.threshold_otsu(g, nbins))
+    decision = fast.predict(img[None])[0, 1] == 1
+    grey = classic.grey(img, snap=True)
+    np.testing.assert_array_equal(
+        decision, grey <= fast.threshold if fast.dark else grey > fast.threshold
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_levels=st.integers(1, 256),
+    nbins=st.sampled_from([2, 3, 5, 17, 51, 85, 255, 256, 1000]),
+)
+def test_level_histogram_equals_numpy_of_the_level_values(
+    seed: int, n_levels: int, nbins: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    counts = np.zeros(256, np.int64)
+    counts[rng.choice(256, n_levels, replace=False)] = rng.integers(1, 50, n_levels)
+    values = np.repeat(np.arange(256) / 255.0, counts)
+    hist, edges = classic._level_histogram(counts, nbins)
+    ref_hist, ref_edges = np.histogram(values, bins=nbins)
+    np.testing.assert_array_equal(hist, ref_hist)
+    np.testing.assert_array_equal(edges, ref_edges)

@@ -353,11 +353,8 @@ def grey(x: np.ndarray, *, axis: int = 0, snap: bool = False) -> np.ndarray:
 
     def lut(i: int, table: np.ndarray) -> np.ndarray:
         # 8-bit level k of each value, then table[k] (cv2.LUT: a fast exact float64 gather)
-        scaled = np.multiply(channel(i), np.float32(255.0), dtype=np.float32)
-        np.rint(scaled, out=scaled)
-        np.clip(scaled, 0, 255, out=scaled)  # values the grid check's sample missed
-        k = scaled.astype(np.uint8).reshape(-1, scaled.shape[-1])
-        return np.asarray(cv2.LUT(k, table)).reshape(scaled.shape)
+        values = channel(i)
+        return np.asarray(cv2.LUT(_levels(values), table)).reshape(values.shape)
 
     if snap:
         if c == 3:
@@ -376,6 +373,47 @@ def grey(x: np.ndarray, *, axis: int = 0, snap: bool = False) -> np.ndarray:
     for i in range(1, c):
         total = total + channel(i)
     return total if c == 1 else total / c
+
+
+def _levels(x: np.ndarray) -> np.ndarray:
+    """8-bit level ``k = rint(255 x)`` of float values ``x`` (..., W), clipped to 0..255 (values
+    the grid check's sample missed), as (-1, W) uint8: 2-D for ``cv2.LUT``."""
+    scaled = np.multiply(x, np.float32(255.0), dtype=np.float32)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, 255, out=scaled)
+    return scaled.astype(np.uint8).reshape(-1, scaled.shape[-1])
+
+
+def _level_counts(levels: np.ndarray) -> np.ndarray:
+    """(256,) int64 pixel count of each 8-bit level of ``levels`` (2-D uint8)."""
+    if levels.size < 1 << 24:  # OpenCV's float32 bins count exactly below 2**24
+        return cv2.calcHist([levels], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    return np.bincount(levels.ravel(), minlength=256).astype(np.int64)
+
+
+def _level_histogram(counts: np.ndarray, nbins: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`float_histogram` of grey values ``k / 255`` (:data:`_LEVELS`) given the number of
+    pixels at each level ``k`` (256,), at least one: NumPy's bin of each level value, then
+    their counts. Returns ``(counts (nbins,) intp, edges (nbins + 1,) float64)``."""
+    present = np.flatnonzero(counts)
+    values = _LEVELS[present]
+    lo, hi = float(values[0]), float(values[-1])
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, nbins + 1, endpoint=True, dtype=np.float64)
+    estimate = ((values - lo) / np.subtract(hi, lo) * nbins).astype(np.intp)  # as np.histogram
+    bins = _numpy_bins(values, edges, estimate)
+    hist = np.bincount(bins, weights=counts[present], minlength=nbins).astype(np.intp)
+    return hist, edges
+
+
+def _otsu_of_levels(counts: np.ndarray, nbins: int) -> float:
+    """:func:`otsu_threshold` of grey values ``k / 255`` given the count of each level ``k``."""
+    present = np.flatnonzero(counts)
+    if present[0] == present[-1]:  # one value: scikit-image returns it
+        return float(_LEVELS[present[0]])
+    hist, edges = _level_histogram(counts, nbins)
+    return float(threshold_otsu(hist=(hist, (edges[:-1] + edges[1:]) / 2.0)))
 
 
 def overview(image: np.ndarray, *, max_pixels: int | None = None) -> np.ndarray:
@@ -485,14 +523,33 @@ class _Classic(Segmenter):
         img = _check_chw(image)
         return postprocess.smooth(img, sigma=self.sigma)
 
-    def _fit_otsu(self, image: np.ndarray) -> np.ndarray:
+    def _fit_threshold(self, image: np.ndarray) -> None:
+        """:meth:`_fit_otsu` for segmenters that need only the threshold and polarity: one
+        channel on the 8-bit grid is fit from the pixel count of each of its 256 levels (the
+        same histogram, without a float64 grey image)."""
+        img = _check_chw(image)
+        snap = is_8bit_grid(img, max_pixels=SNAP_SAMPLE_PIXELS)
+        if not (snap and img.shape[0] == 1):
+            self._fit_otsu(img, snap=snap)
+            return
+        self._snap = True
+        counts = _level_counts(_levels(overview(img)[0]))
+        self.threshold = _otsu_of_levels(counts, self.nbins)
+        if self.polarity == "auto":  # objects_are_dark: more than half of the pixels above t
+            above = int(counts[_LEVELS > self.threshold].sum())
+            self.dark = 2 * above > int(counts.sum())
+        else:
+            self.dark = self.polarity == "dark"
+
+    def _fit_otsu(self, image: np.ndarray, *, snap: bool | None = None) -> np.ndarray:
         """Otsu threshold and polarity of the image's grey values (on an overview).
 
-        Returns the overview's grey values (H', W') for further statistics: float64, or for
-        one float32 channel that is not snapped that channel itself (the same values).
+        ``snap``: whether the image is on the 8-bit grid, if already known. Returns the
+        overview's grey values (H', W') for further statistics: float64, or for one float32
+        channel that is not snapped that channel itself (the same values).
         """
         img = _check_chw(image)
-        self._snap = is_8bit_grid(img, max_pixels=SNAP_SAMPLE_PIXELS)
+        self._snap = is_8bit_grid(img, max_pixels=SNAP_SAMPLE_PIXELS) if snap is None else snap
         g = _grey_or_channel(overview(img), axis=0, snap=self._snap)
         self.threshold = otsu_threshold(g, nbins=self.nbins)
         if self.polarity == "auto":
@@ -509,7 +566,14 @@ class _Classic(Segmenter):
     def _foreground(self, tile: np.ndarray, *, axis: int) -> np.ndarray:
         """Otsu foreground of ``tile`` with the fitted threshold and polarity (bool)."""
         t, dark = self._require_fit()
-        g = _grey_or_channel(tile, axis=axis, snap=self._snap)
+        arr = np.asarray(tile)
+        if self._snap and arr.shape[axis] == 1:
+            # one 8-bit channel: the decision of each level k / 255, looked up by level (the
+            # float64 grey image would hold exactly those values)
+            x = np.moveaxis(arr, axis, 0)[0]
+            decision = (_LEVELS <= t if dark else _LEVELS > t).astype(np.uint8)
+            return np.asarray(cv2.LUT(_levels(x), decision)).view(np.bool_).reshape(x.shape)
+        g = _grey_or_channel(arr, axis=axis, snap=self._snap)
         return _at_most(g, t) if dark else _above(g, t)
 
 
@@ -647,7 +711,7 @@ class OtsuSegmenter(_Threshold):
 
     def fit(self, image: np.ndarray) -> None:
         """Threshold and polarity of ``image`` (C, H, W) float32."""
-        self._fit_otsu(image)
+        self._fit_threshold(image)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, t, t) float32 -> (N, 2, t, t) float32 one-hot (background, object)."""
@@ -786,7 +850,7 @@ class AdaptiveSegmenter(_Threshold):
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """(C, H, W) float32 -> (1, H, W) float32 oriented contrast to the local threshold."""
         img = super().prepare(image)
-        self._fit_otsu(img)
+        self._fit_threshold(img)
         _, dark = self._require_fit()
         g = grey(img, axis=0, snap=self._snap)
         oriented = 1.0 - g if dark else g
@@ -994,7 +1058,7 @@ class WatershedSegmenter(_Labeler):
 
     def fit(self, image: np.ndarray) -> None:
         """Otsu threshold and polarity of ``image`` (C, H, W) float32."""
-        self._fit_otsu(image)
+        self._fit_threshold(image)
 
     def label_tile(self, tile: np.ndarray) -> np.ndarray:
         """(C, h, w) float32 -> (h, w) int32 instance labels."""
@@ -1060,7 +1124,7 @@ class _Superpixels(_Labeler):
 
     def fit(self, image: np.ndarray) -> None:
         """Otsu threshold and polarity of ``image`` (used by ``foreground="otsu"``)."""
-        self._fit_otsu(image)
+        self._fit_threshold(image)
 
     def _superpixels(self, tile: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -1275,7 +1339,7 @@ class RegionGrowingSegmenter(_Labeler):
 
     def fit(self, image: np.ndarray) -> None:
         """Otsu threshold and polarity of ``image`` (C, H, W) float32 (seed selection)."""
-        self._fit_otsu(image)
+        self._fit_threshold(image)
 
     def _seed_points(self, oriented: np.ndarray, level: float) -> np.ndarray:
         h, w = oriented.shape
