@@ -142,6 +142,19 @@ def foreground_columns(tp: int, fp: int, fn: int, tn: int) -> dict[str, Any]:
     }
 
 
+def instance_columns(inst: M.InstanceScores) -> dict[str, Any]:
+    """The ``metrics`` columns of the instance scores."""
+    return {
+        "inst_tp": inst.tp,
+        "inst_fp": inst.fp,
+        "inst_fn": inst.fn,
+        "inst_f1": inst.f1,
+        "inst_mean_iou": inst.mean_matched_iou,
+        "inst_pq": inst.panoptic_quality,
+        "dsb_score": inst.dsb_score,
+    }
+
+
 def metrics_row(
     seg: Segmentation,
     truth: np.ndarray | None,
@@ -204,16 +217,7 @@ def metrics_row(
     row.update(foreground_columns(*M.binary_counts(fg, truth)))
     if gt_format == "instances":
         pred_inst = seg.instances if seg.instances is not None else _components(fg)
-        inst = M.instance_scores(pred_inst, truth)
-        row.update(
-            inst_tp=inst.tp,
-            inst_fp=inst.fp,
-            inst_fn=inst.fn,
-            inst_f1=inst.f1,
-            inst_mean_iou=inst.mean_matched_iou,
-            inst_pq=inst.panoptic_quality,
-            dsb_score=inst.dsb_score,
-        )
+        row.update(instance_columns(M.instance_scores(pred_inst, truth)))
     elif gt_format == "classes":
         k = max(
             len(seg.class_names), int(classes.max(initial=0)) + 1, int(truth.max(initial=0)) + 1

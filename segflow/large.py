@@ -85,6 +85,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from segflow import metrics as M
 from segflow import postprocess
 from segflow import rle as R
 from segflow.io import DEFAULT_MAX_PIXELS, ImageReadError, read_header
@@ -592,6 +593,7 @@ class _Record:
     pieces: list[tuple[int, int, np.ndarray]] = field(default_factory=list)
     area: int = 0
     gt: int = 0
+    gt_ids: dict[int, int] | None = None
     open: int = 0
     nodes: list[int] = field(default_factory=list)
 
@@ -605,6 +607,7 @@ class _Done:
     area: int
     gt: int
     nodes: list[int]
+    gt_ids: dict[int, int] | None = None
 
 
 def _encode_pieces(
@@ -646,6 +649,17 @@ def _encode_pieces(
         canvas.shape[1],
         canvas.shape[0],
     )
+
+
+def _add_counts(a: dict[int, int] | None, b: dict[int, int] | None) -> dict[int, int] | None:
+    """Sum of two ``{true id: pixels}`` overlap tables (None = empty); reuses ``a``."""
+    if not b:
+        return a
+    if not a:
+        return dict(b)
+    for k, v in b.items():
+        a[k] = a.get(k, 0) + v
+    return a
 
 
 class _Objects:
@@ -695,15 +709,26 @@ class _Objects:
         A.pieces.extend(B.pieces)
         A.area += B.area
         A.gt += B.gt
+        A.gt_ids = _add_counts(A.gt_ids, B.gt_ids)
         A.open += B.open
         A.nodes.extend(B.nodes)
         del self.records[rb]
 
-    def add_piece(self, node: int, y: int, x: int, crop: np.ndarray, area: int, gt: int) -> None:
+    def add_piece(
+        self,
+        node: int,
+        y: int,
+        x: int,
+        crop: np.ndarray,
+        area: int,
+        gt: int,
+        gt_ids: dict[int, int] | None = None,
+    ) -> None:
         rec = self.records[self.find(node)]
         rec.pieces.append((y, x, crop))
         rec.area += area
         rec.gt += gt
+        rec.gt_ids = _add_counts(rec.gt_ids, gt_ids)
         self.held_pieces += 1
         self.peak_held_pieces = max(self.peak_held_pieces, self.held_pieces)
 
@@ -721,7 +746,9 @@ class _Objects:
         if rec.area == 0 or rec.area < self.min_size:
             return
         rle, box = _encode_pieces(rec.pieces, self.size)
-        self.done.append(_Done(rec.key, rec.class_id, rle, box, rec.area, rec.gt, rec.nodes))
+        self.done.append(
+            _Done(rec.key, rec.class_id, rle, box, rec.area, rec.gt, rec.nodes, rec.gt_ids)
+        )
 
     def add_complete(
         self,
@@ -733,6 +760,7 @@ class _Objects:
         gt: int,
         *,
         area: int,
+        gt_ids: dict[int, int] | None = None,
     ) -> int:
         """An object known complete at once (one tight piece, no links): encoded directly.
 
@@ -743,7 +771,7 @@ class _Objects:
         if crop is not None and area and area >= self.min_size:
             rle, box = _encode_pieces([(y, x, crop)], self.size, tight=True)
             nodes = [node] if self.keep_nodes else []
-            self.done.append(_Done(key, class_id, rle, box, area, gt, nodes))
+            self.done.append(_Done(key, class_id, rle, box, area, gt, nodes, gt_ids))
         return node
 
 
@@ -869,6 +897,8 @@ class StreamedSegmentation:
     has_instances : bool
     confusion : (tp, fp, fn, tn) or None
         Foreground counts against the ground truth (``truth`` given).
+    instance_scores : InstanceScores or None
+        Object-level scores against the ground truth's instances (``truth_instances``).
     mean_entropy : float or None
         Mean per-pixel entropy (segmenters with probabilities).
     labels_path : Path or None
@@ -886,6 +916,7 @@ class StreamedSegmentation:
     class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(2, np.int64))
     has_instances: bool = False
     confusion: tuple[int, int, int, int] | None = None
+    instance_scores: M.InstanceScores | None = None
     mean_entropy: float | None = None
     labels_path: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -935,11 +966,21 @@ def _runs(rle: Mapping[str, Any]) -> Iterator[tuple[int, int]]:
 
 
 class _Truth:
-    """Ground-truth foreground rows (``!= 0``) read by window, and its total."""
+    """Ground-truth foreground rows (``!= 0``) read by window, and its total.
 
-    def __init__(self, source: WindowSource | None, height: int, width: int) -> None:
+    With ``instances`` each non-zero id is also one true object: :attr:`areas` sums every id's
+    pixels over the rows read, and :meth:`overlap` gives a piece's overlap with each id.
+    """
+
+    def __init__(
+        self, source: WindowSource | None, height: int, width: int, *, instances: bool = False
+    ) -> None:
         self.source = source
+        self.instances = instances and source is not None
         self.total = 0
+        self.areas: dict[int, int] = {}
+        self._fg: np.ndarray | None = None
+        self._ids: np.ndarray | None = None
         if source is not None and (source.height, source.width) != (height, width):
             raise ValueError(
                 f"ground truth size {(source.height, source.width)} differs from the image's "
@@ -954,7 +995,30 @@ class _Truth:
             block = block[..., 0]
         fg = block != 0
         self.total += int(np.count_nonzero(fg))
+        self._fg = fg
+        if self.instances:
+            self._ids = block
+            self.areas = _add_counts(self.areas, _id_counts(block[fg])) or {}
         return fg
+
+    def overlap(
+        self, region: tuple[slice, slice], crop: np.ndarray
+    ) -> tuple[int, dict[int, int] | None]:
+        """Pixels of ``crop`` (bool, at ``region`` of the rows last read) on true foreground,
+        and (``instances``) how many on each true id."""
+        if self._fg is None:
+            return 0, None
+        hit = crop & self._fg[region]
+        n = int(np.count_nonzero(hit))
+        if not self.instances or n == 0 or self._ids is None:
+            return n, None
+        return n, _id_counts(self._ids[region][hit])
+
+
+def _id_counts(ids: np.ndarray) -> dict[int, int]:
+    """``{id: count}`` of a 1-D array of label ids."""
+    values, counts = np.unique(ids, return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist(), strict=True))
 
 
 @dataclass
@@ -986,6 +1050,7 @@ def segment_streamed(
     overview: str = "auto",
     overview_max_pixels: int | None = None,
     truth: Any = None,
+    truth_instances: bool = False,
     labels_out: str | os.PathLike[str] | None = None,
     max_chunk_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> StreamedSegmentation:
@@ -1011,6 +1076,12 @@ def segment_streamed(
     truth : WindowSource, path or array, optional
         Ground-truth labels of the same size (non-zero = foreground): foreground confusion
         counts are accumulated strip by strip.
+    truth_instances : bool
+        Each non-zero id of ``truth`` is one object: instance scores too (``instance_scores``;
+        the predicted objects are the segmenter's instances, else the connected components of
+        each class, as the in-memory evaluation takes them for binary output). Each object's
+        area and its overlap with every true id are summed piece by piece, so the scores are
+        those of the whole label maps.
     labels_out : path, optional
         Write the full-size ``int32`` label map (instance ids, or class ids without instances)
         to this ``.zarr`` folder or ``.tif`` file.
@@ -1061,6 +1132,7 @@ def segment_streamed(
             overview=overview,
             overview_max_pixels=ov_max,
             truth=truth_src,
+            truth_instances=truth_instances,
             labels_out=labels_out,
             max_chunk_pixels=max_chunk_pixels,
         )
@@ -1090,6 +1162,7 @@ def _segment(
     overview: str,
     overview_max_pixels: int,
     truth: WindowSource | None,
+    truth_instances: bool,
     labels_out: str | os.PathLike[str] | None,
     max_chunk_pixels: int | None,
 ) -> StreamedSegmentation:
@@ -1153,7 +1226,7 @@ def _segment(
         height=height,
         width=width,
         num_classes=num_classes,
-        truth=_Truth(truth, height, width),
+        truth=_Truth(truth, height, width, instances=truth_instances),
         objects=_Objects(
             (height, width),
             keep_nodes=writer is not None,
@@ -1205,7 +1278,8 @@ def _segment(
         opening = int(getattr(segmenter, "opening", 0)) if kind == "threshold" else 0
         if opening:
             class_strips = _opened(class_strips, ctx, radius=opening)
-        need_objects = has_instances or ctx.min_size > 1
+        # instance scores need objects even from a semantic segmenter (its components)
+        need_objects = has_instances or ctx.min_size > 1 or ctx.truth.instances
         if need_objects:
             _components(class_strips, ctx)
             objects = _final_objects(ctx, min_size=min_size, instances=has_instances)
@@ -1227,7 +1301,8 @@ def _segment(
     info["rows_read"] = cache.rows_read
     info["peak_pieces_held"] = ctx.objects.peak_held_pieces
 
-    if has_instances or ctx.min_size > 1 or kind == "labels":
+    objects_built = kind == "labels" or has_instances or ctx.min_size > 1 or ctx.truth.instances
+    if objects_built:
         result.class_pixels = np.zeros(max(num_classes, 2), np.int64)
         for obj in objects:
             result.class_pixels[obj.class_id] += obj.area
@@ -1237,7 +1312,7 @@ def _segment(
     if has_instances:
         result.objects = objects
     if truth is not None:
-        if has_instances or ctx.min_size > 1 or kind == "labels":
+        if objects_built:
             tp = sum(ctx.info.get("_kept_gt", []))
         else:
             tp = int(ctx.info.get("_tp", 0))
@@ -1246,6 +1321,10 @@ def _segment(
         fn = ctx.truth.total - tp
         tn = height * width - tp - fp - fn
         result.confusion = (int(tp), int(fp), int(fn), int(tn))
+    if ctx.truth.instances:
+        result.instance_scores = _instance_scores(
+            [obj.area for obj in objects], ctx.info.pop("_kept_gt_ids", []), ctx.truth.areas
+        )
     ctx.info.pop("_kept_gt", None)
     ctx.info.pop("_tp", None)
     lut = ctx.info.pop("_lut", None)
@@ -1256,6 +1335,28 @@ def _segment(
     info["t_total_ms"] = (time.perf_counter() - t_start) * 1000.0
     result.info = info
     return result
+
+
+def _instance_scores(
+    pred_areas: Sequence[int], overlaps: Sequence[Mapping[int, int]], true_areas: Mapping[int, int]
+) -> M.InstanceScores:
+    """:func:`segflow.metrics.instance_scores` from each predicted object's area and its
+    ``{true id: pixels}`` overlaps, and each true id's area."""
+    true_ids = np.array(sorted(true_areas), dtype=np.int64)
+    index = {t: i for i, t in enumerate(true_ids.tolist())}
+    pair_true = [index[t] for table in overlaps for t in table]
+    pair_pred = [p for p, table in enumerate(overlaps) for _ in table]
+    inter = [n for table in overlaps for n in table.values()]
+    ov = M.InstanceOverlaps(
+        true_ids=true_ids,
+        pred_ids=np.arange(1, len(pred_areas) + 1, dtype=np.int64),
+        true_areas=np.array([true_areas[t] for t in true_ids.tolist()], dtype=np.int64),
+        pred_areas=np.asarray(pred_areas, dtype=np.int64),
+        pair_true=np.asarray(pair_true, dtype=np.intp),
+        pair_pred=np.asarray(pair_pred, dtype=np.intp),
+        intersection=np.asarray(inter, dtype=np.int64),
+    )
+    return M.instance_scores_from_overlaps(ov)
 
 
 # -- pointwise / merged class strips ------------------------------------------------------------
@@ -1501,7 +1602,7 @@ def _components(strips: Iterator[tuple[int, np.ndarray]], ctx: _Ctx) -> np.ndarr
         n_rows = classes.shape[0]
         y1 = y0 + n_rows
         last_strip = y1 >= height
-        gt = ctx.truth.rows(y0, y1)
+        ctx.truth.rows(y0, y1)  # the rows the pieces' overlap() looks at, and the totals
         prov = np.zeros(classes.shape, dtype=np.int32) if ctx.labels is not None else None
         now_open: list[int] = []
         closing: list[int] = []
@@ -1533,17 +1634,13 @@ def _components(strips: Iterator[tuple[int, np.ndarray]], ctx: _Ctx) -> np.ndarr
                     nodes[i] = objects.add_complete((c, gy, gx), c, gy, gx, None, 0, area=area) + 1
                     continue
                 crop = lab[top : top + h, left : left + w] == i
-                g = (
-                    int(np.count_nonzero(crop & gt[top : top + h, left : left + w]))
-                    if gt is not None
-                    else 0
-                )
+                g, g_ids = ctx.truth.overlap((slice(top, top + h), slice(left, left + w)), crop)
                 key = (c, gy, gx + int(np.argmax(crop[0])))  # first pixel in raster order
                 if not pending[i]:
-                    node = objects.add_complete(key, c, gy, gx, crop, g, area=area)
+                    node = objects.add_complete(key, c, gy, gx, crop, g, area=area, gt_ids=g_ids)
                 else:
                     node = objects.new(key, c)
-                    objects.add_piece(node, gy, gx, crop, area, g)
+                    objects.add_piece(node, gy, gx, crop, area, g, g_ids)
                     if touches_bottom[i] and not last_strip:
                         now_open.append(node)
                     else:
@@ -1682,12 +1779,12 @@ def _stream_labels(prepared: _Prepared, ctx: _Ctx, *, tile: int, overlap: int) -
                 crop = local[sl] == i
                 area = int(np.count_nonzero(crop))
                 gy, gx = o0 + sl[0].start, c0 + sl[1].start
-                g = (
-                    int(np.count_nonzero(crop & gt[sl[0], gx : gx + crop.shape[1]]))
+                g, g_ids = (
+                    ctx.truth.overlap((sl[0], slice(gx, gx + crop.shape[1])), crop)
                     if gt is not None
-                    else 0
+                    else (0, None)
                 )
-                objects.add_piece(offsets[c] + i - 1, gy, gx, crop, area, g)
+                objects.add_piece(offsets[c] + i - 1, gy, gx, crop, area, g, g_ids)
             if prov is not None:
                 nz = local > 0
                 sub = prov[:, c0:c1]
@@ -1741,6 +1838,8 @@ def _final_objects(ctx: _Ctx, *, min_size: int, instances: bool) -> list[Streame
     kept = [d for d in done if d.area >= min_size] if min_size > 1 else list(done)
     kept.sort(key=lambda d: d.key)
     ctx.info["_kept_gt"] = [d.gt for d in kept]
+    if ctx.truth.instances:
+        ctx.info["_kept_gt_ids"] = [d.gt_ids or {} for d in kept]
     objects = [
         StreamedObject(id=i, class_id=d.class_id, rle=d.rle, bbox=d.bbox, area=d.area)
         for i, d in enumerate(kept, start=1)
@@ -1786,10 +1885,10 @@ def result_rows(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``(metrics row, mask rows)`` of a streamed result, in the columns of ``evaluate``'s rows.
 
-    Instance scores need every object of the ground truth at once and are left empty; the
-    foreground counts and scores are exact.
+    The foreground counts and scores, and the instance scores (``result.instance_scores``,
+    ground truth in ``instances`` format), are exact: those of the whole label maps.
     """
-    from segflow.evaluate import foreground_columns
+    from segflow.evaluate import foreground_columns, instance_columns
 
     names = result.class_names
 
@@ -1843,6 +1942,8 @@ def result_rows(
     )
     if result.confusion is not None:
         row.update(foreground_columns(*result.confusion))
+    if result.instance_scores is not None:
+        row.update(instance_columns(result.instance_scores))
     return row, masks
 
 
@@ -1904,6 +2005,7 @@ def process_image_streamed(
             batch_size=config.batch_size,
             strip_rows=max(DEFAULT_STRIP_ROWS, config.tile),
             truth=truth_src,
+            truth_instances=truth_src is not None and config.gt_format == "instances",
             labels_out=labels_out,
             max_chunk_pixels=config.max_pixels,
         )

@@ -55,6 +55,7 @@ __all__ = [
     "confusion_matrix",
     "instance_overlaps",
     "instance_scores",
+    "instance_scores_from_overlaps",
     "scores_from_counts",
     "semantic_scores",
 ]
@@ -478,12 +479,24 @@ def instance_scores(
     only one side they are 0, except the undefined one of precision/recall and
     ``mean_matched_iou``, which is NaN whenever ``tp == 0``.
     """
+    return instance_scores_from_overlaps(
+        instance_overlaps(pred_labels, true_labels), iou_threshold=iou_threshold
+    )
+
+
+def instance_scores_from_overlaps(
+    ov: InstanceOverlaps, *, iou_threshold: float = 0.5
+) -> InstanceScores:
+    """:func:`instance_scores` from the contingency table alone (object areas and overlaps).
+
+    For label maps that are never whole in memory: a streamed image accumulates each object's
+    area and its overlaps with the true objects window by window, and scores them here.
+    """
     thr = float(iou_threshold)
     if not 0.5 <= thr < 1.0:
         raise ValueError(
             f"iou_threshold must be in [0.5, 1) so that matches are unique, got {iou_threshold!r}"
         )
-    ov = instance_overlaps(pred_labels, true_labels)
     n_pred, n_true = int(ov.pred_ids.size), int(ov.true_ids.size)
     union = ov.union
     iou = ov.intersection / union if union.size else np.zeros(0, dtype=np.float64)

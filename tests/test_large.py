@@ -257,6 +257,80 @@ def test_confusion_counts_match_in_memory_metrics(field3k: tuple[NucleiField, Pa
         assert res.confusion == M.binary_counts(fg, truth > 0)
 
 
+def _same_scores(got: M.InstanceScores | None, want: M.InstanceScores) -> None:
+    assert got is not None
+    assert (got.tp, got.fp, got.fn, got.n_pred, got.n_true) == (
+        want.tp,
+        want.fp,
+        want.fn,
+        want.n_pred,
+        want.n_true,
+    )
+    for key in ("f1", "dsb_score", "panoptic_quality", "mean_matched_iou", "precision", "recall"):
+        assert getattr(got, key) == pytest.approx(getattr(want, key), rel=1e-12), key
+
+
+def test_instance_scores_match_the_whole_label_maps(
+    field3k: tuple[NucleiField, Path, Path], tmp_path: Path
+) -> None:
+    """Objects' areas and overlaps summed piece by piece score as the whole maps do, for
+    instances, for a semantic output (its connected components) and with clean-up."""
+    from skimage.measure import label
+
+    _, path, full_truth_path = field3k
+    truth = tifffile.imread(full_truth_path)
+    assert truth.max() > 100  # an instance label image
+    # every 7th true object erased: the predictions there are false positives
+    truth[np.isin(truth, np.arange(7, truth.max() + 1, 7))] = 0
+    labels_path = tmp_path / "truth.tif"
+    tifffile.imwrite(labels_path, truth, tile=(TILE, TILE))
+    image = to_float_chw(read_image(path))
+    for params in ({"min_size": 150}, {"instances": False}, {"sigma": 1.0, "opening": 1}):
+        ref = segment_image(segmenters.create("otsu", **params), image)
+        res = large.segment_streamed(
+            path,
+            segmenters.create("otsu", **params),
+            truth=labels_path,
+            truth_instances=True,
+            strip_rows=STRIP,
+        )
+        fg = evaluate.foreground(ref)
+        pred = ref.instances if ref.instances is not None else label(fg, connectivity=2)
+        want = M.instance_scores(pred, truth)
+        assert want.tp > 100 and want.fp > 100 and want.dsb_score < 0.95  # not trivial
+        assert want.fn > 100 or "min_size" not in params  # small objects dropped: missed
+        _same_scores(res.instance_scores, want)
+        assert res.confusion == M.binary_counts(fg, truth > 0)
+        if ref.instances is None:  # objects were built for the scores: masks as before
+            for c, rle in res.class_masks.items():
+                assert R.encode(ref.classes == c)["counts"] == rle["counts"]
+    # without truth_instances there are none
+    plain = large.segment_streamed(path, segmenters.create("otsu"), truth=labels_path)
+    assert plain.instance_scores is None
+
+
+def test_instance_scores_of_a_streamed_labeler(
+    field3k: tuple[NucleiField, Path, Path], tmp_path: Path
+) -> None:
+    """Window-stitched labels (watershed): scores equal those of the streamed label map."""
+    _, path, labels_path = field3k
+    image = tifffile.imread(path)[:900, :1100]
+    truth = tifffile.imread(labels_path)[:900, :1100]
+    tifffile.imwrite(tmp_path / "w.tif", image, tile=(64, 64))
+    tifffile.imwrite(tmp_path / "w_labels.tif", truth, tile=(64, 64))
+    res = large.segment_streamed(
+        tmp_path / "w.tif",
+        segmenters.create("watershed", min_size=8),
+        tile=192,
+        overlap=48,
+        truth=tmp_path / "w_labels.tif",
+        truth_instances=True,
+    )
+    want = M.instance_scores(res.label_map(), truth)
+    assert want.tp > 50 and want.dsb_score < 0.95
+    _same_scores(res.instance_scores, want)
+
+
 def test_label_image_written_to_zarr_and_tiff(
     small: tuple[np.ndarray, Path], tmp_path: Path
 ) -> None:
@@ -444,7 +518,7 @@ def test_pipeline_switch_streams_a_tiff_above_max_pixels(
         out=str(tmp_path / "out"),
         segmenter_params={"min_size": 10},
         ground_truth=str(tmp_path),
-        gt_format="binary",
+        gt_format="instances",
     )
     small_guard = RunConfig(**cfg, max_pixels=1 << 22)  # 4 MP < 9 MP
     ordinary = RunConfig(**cfg)
@@ -469,8 +543,13 @@ def test_pipeline_switch_streams_a_tiff_above_max_pixels(
         "sha256",
         "width",
         "height",
+        "inst_tp",
+        "inst_fp",
+        "inst_fn",
     ):
         assert streamed.metrics[key] == whole.metrics[key], key
+    for key in ("inst_f1", "inst_pq", "inst_mean_iou", "dsb_score"):
+        assert streamed.metrics[key] == pytest.approx(whole.metrics[key], rel=1e-12), key
     assert streamed.metrics["n_instances"] == field.n_objects
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(huge_header_png(width=60_000, height=60_000))
