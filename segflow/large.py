@@ -1961,8 +1961,8 @@ def process_image_streamed(
     Reads the file by window (a remote file is first copied to a temporary local file, in
     blocks), segments it with :func:`segment_streamed` using the run's tiling options, and builds
     the ``metrics`` and ``masks`` rows. The sha256 is the listing's (``item.sha256``) or computed
-    in blocks. Ground truth, when paired, is read by window too (foreground counts only). No
-    overlay is drawn. With ``labels_dir`` the label image goes to ``labels_dir/<image_id>.tif``.
+    in blocks. Ground truth, when paired, is read by window too (foreground counts, and instance
+    scores with ``gt_format="instances"``). No overlay is drawn. With ``labels_dir`` the label image goes to ``labels_dir/<image_id>.tif``.
 
     Raises
     ------
