@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segflow import metrics as M
+from segflow import postprocess
 from segflow import rle as R
 from segflow.ingest import ImageItem, read_bytes, read_ground_truth
 from segflow.io import read_image
@@ -216,7 +217,7 @@ def metrics_row(
         )
     row.update(foreground_columns(*M.binary_counts(fg, truth)))
     if gt_format == "instances":
-        pred_inst = seg.instances if seg.instances is not None else _components(fg)
+        pred_inst = seg.instances if seg.instances is not None else _components(classes)
         row.update(instance_columns(M.instance_scores(pred_inst, truth)))
     elif gt_format == "classes":
         k = max(
@@ -233,11 +234,13 @@ def metrics_row(
     return row
 
 
-def _components(fg: np.ndarray) -> np.ndarray:
-    """Connected components (8-connectivity) of a bool mask as an ``(H, W) int32`` label map."""
-    import cv2
-
-    _, labels = cv2.connectedComponents(fg.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+def _components(classes: np.ndarray) -> np.ndarray:
+    """The objects of a semantic output: connected components (8-connectivity) of each
+    foreground class, as an ``(H, W) int32`` label map (two touching regions of different
+    classes are two objects; the streamed path takes them the same way)."""
+    labels, _ = postprocess.instances_from_classes(
+        classes, num_classes=int(classes.max(initial=0)) + 1
+    )
     return labels
 
 

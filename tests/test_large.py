@@ -285,22 +285,38 @@ def test_instance_scores_match_the_whole_label_maps(
     labels_path = tmp_path / "truth.tif"
     tifffile.imwrite(labels_path, truth, tile=(TILE, TILE))
     image = to_float_chw(read_image(path))
-    for params in ({"min_size": 150}, {"instances": False}, {"sigma": 1.0, "opening": 1}):
-        ref = segment_image(segmenters.create("otsu", **params), image)
+    cases: list[tuple[str, dict[str, object]]] = [
+        ("otsu", {"min_size": 150}),
+        ("otsu", {"instances": False}),
+        ("otsu", {"sigma": 1.0, "opening": 1}),
+        ("multiotsu", {"classes": 3}),  # semantic, touching classes: components per class
+    ]
+    for name, params in cases:
+        ref = segment_image(segmenters.create(name, **params), image)
         res = large.segment_streamed(
             path,
-            segmenters.create("otsu", **params),
+            segmenters.create(name, **params),
             truth=labels_path,
             truth_instances=True,
             strip_rows=STRIP,
         )
         fg = evaluate.foreground(ref)
-        pred = ref.instances if ref.instances is not None else label(fg, connectivity=2)
+        if ref.instances is not None:
+            pred = ref.instances
+        else:  # an independent oracle: scikit-image's labelling of each class
+            pred = np.zeros(ref.classes.shape, dtype=np.int64)
+            for c in range(1, int(ref.classes.max()) + 1):
+                lab = label(ref.classes == c, connectivity=2)
+                pred[lab > 0] = lab[lab > 0] + pred.max()
         want = M.instance_scores(pred, truth)
         assert want.tp > 100 and want.fp > 100 and want.dsb_score < 0.95  # not trivial
         assert want.fn > 100 or "min_size" not in params  # small objects dropped: missed
         _same_scores(res.instance_scores, want)
         assert res.confusion == M.binary_counts(fg, truth > 0)
+        # the in-memory metrics row takes the same objects
+        row = evaluate.metrics_row(ref, truth, gt_format="instances", ids={})
+        assert (row["inst_tp"], row["inst_fp"], row["inst_fn"]) == (want.tp, want.fp, want.fn)
+        assert row["dsb_score"] == pytest.approx(want.dsb_score, rel=1e-12)
         if ref.instances is None:  # objects were built for the scores: masks as before
             for c, rle in res.class_masks.items():
                 assert R.encode(ref.classes == c)["counts"] == rle["counts"]
