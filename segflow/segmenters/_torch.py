@@ -188,12 +188,15 @@ def _to_host(tensor: Any) -> np.ndarray:
     """
     import torch
 
-    nbytes = tensor.numel() * tensor.element_size()
-    if tensor.device.type != "cuda" or nbytes > PINNED_RESULT_MAX_BYTES:
-        return np.ascontiguousarray(tensor.cpu().numpy())
-    try:
-        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    except RuntimeError:  # page-locked memory can run out; the pageable copy still works
+    host = None
+    if tensor.device.type == "cuda" and (
+        tensor.numel() * tensor.element_size() <= PINNED_RESULT_MAX_BYTES
+    ):
+        try:
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        except RuntimeError:  # page-locked memory can run out; the pageable copy still works
+            host = None
+    if host is None:
         return np.ascontiguousarray(tensor.cpu().numpy())
     host.copy_(tensor)
     return host.numpy()

@@ -52,7 +52,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
@@ -119,11 +119,26 @@ def _flat_values(values: np.ndarray) -> np.ndarray:
     return arr.reshape(-1)
 
 
-def _histogram(flat: np.ndarray, lo: float, hi: float, nbins: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`float_histogram` of ``flat`` (1-D float32 or float64) with its ``lo``/``hi``."""
+def _edges(lo: float, hi: float, nbins: int) -> tuple[float, float, np.ndarray]:
+    """``np.histogram``'s range and ``(nbins + 1,)`` float64 bin edges for values in [lo, hi]
+    (one value: the unit range around it)."""
     if lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
-    edges = np.linspace(lo, hi, nbins + 1, endpoint=True, dtype=np.float64)
+    return lo, hi, np.linspace(lo, hi, nbins + 1, endpoint=True, dtype=np.float64)
+
+
+def _otsu_of_histogram(counts: np.ndarray, edges: np.ndarray) -> float:
+    """``skimage.filters.threshold_otsu`` of a histogram given by its counts and bin edges."""
+    return float(threshold_otsu(hist=(counts, _centers(edges))))
+
+
+def _centers(edges: np.ndarray) -> np.ndarray:
+    return (edges[:-1] + edges[1:]) / 2.0
+
+
+def _histogram(flat: np.ndarray, lo: float, hi: float, nbins: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`float_histogram` of ``flat`` (1-D float32 or float64) with its ``lo``/``hi``."""
+    lo, hi, edges = _edges(lo, hi, nbins)
     denom = np.subtract(hi, lo)
     # index error of a few roundings, in index units, relative to the magnitude of the values
     tol = 64.0 * _EPS64 * nbins * (1.0 + max(abs(lo), abs(hi)) / float(denom))
@@ -229,7 +244,7 @@ def _grey_histogram(g: np.ndarray, nbins: int) -> tuple[np.ndarray, np.ndarray]:
     """``(counts, bin_centers)`` as ``skimage.exposure.histogram`` gives them for float ``g``
     (float64, or float32 standing for its exact float64 values)."""
     counts, edges = float_histogram(g, nbins=nbins)
-    return counts, (edges[:-1] + edges[1:]) / 2.0
+    return counts, _centers(edges)
 
 
 def otsu_threshold(g: np.ndarray, *, nbins: int = 256) -> float:
@@ -243,8 +258,7 @@ def otsu_threshold(g: np.ndarray, *, nbins: int = 256) -> float:
     lo, hi = float(flat.min()), float(flat.max())
     if lo == hi:  # one value: scikit-image returns it
         return lo
-    counts, edges = _histogram(flat, lo, hi, nbins)
-    return float(threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2.0)))
+    return _otsu_of_histogram(*_histogram(flat, lo, hi, nbins))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,10 +411,7 @@ def _level_histogram(counts: np.ndarray, nbins: int) -> tuple[np.ndarray, np.nda
     their counts. Returns ``(counts (nbins,) intp, edges (nbins + 1,) float64)``."""
     present = np.flatnonzero(counts)
     values = _LEVELS[present]
-    lo, hi = float(values[0]), float(values[-1])
-    if lo == hi:
-        lo, hi = lo - 0.5, hi + 0.5
-    edges = np.linspace(lo, hi, nbins + 1, endpoint=True, dtype=np.float64)
+    lo, hi, edges = _edges(float(values[0]), float(values[-1]), nbins)
     estimate = ((values - lo) / np.subtract(hi, lo) * nbins).astype(np.intp)  # as np.histogram
     bins = _numpy_bins(values, edges, estimate)
     hist = np.bincount(bins, weights=counts[present], minlength=nbins).astype(np.intp)
@@ -412,8 +423,7 @@ def _otsu_of_levels(counts: np.ndarray, nbins: int) -> float:
     present = np.flatnonzero(counts)
     if present[0] == present[-1]:  # one value: scikit-image returns it
         return float(_LEVELS[present[0]])
-    hist, edges = _level_histogram(counts, nbins)
-    return float(threshold_otsu(hist=(hist, (edges[:-1] + edges[1:]) / 2.0)))
+    return _otsu_of_histogram(*_level_histogram(counts, nbins))
 
 
 def overview(image: np.ndarray, *, max_pixels: int | None = None) -> np.ndarray:
@@ -534,12 +544,8 @@ class _Classic(Segmenter):
             return
         self._snap = True
         counts = _level_counts(_levels(overview(img)[0]))
-        self.threshold = _otsu_of_levels(counts, self.nbins)
-        if self.polarity == "auto":  # objects_are_dark: more than half of the pixels above t
-            above = int(counts[_LEVELS > self.threshold].sum())
-            self.dark = 2 * above > int(counts.sum())
-        else:
-            self.dark = self.polarity == "dark"
+        self.threshold = t = _otsu_of_levels(counts, self.nbins)
+        self._set_polarity(lambda: 2 * int(counts[_LEVELS > t].sum()) > int(counts.sum()))
 
     def _fit_otsu(self, image: np.ndarray, *, snap: bool | None = None) -> np.ndarray:
         """Otsu threshold and polarity of the image's grey values (on an overview).
@@ -551,12 +557,14 @@ class _Classic(Segmenter):
         img = _check_chw(image)
         self._snap = is_8bit_grid(img, max_pixels=SNAP_SAMPLE_PIXELS) if snap is None else snap
         g = _grey_or_channel(overview(img), axis=0, snap=self._snap)
-        self.threshold = otsu_threshold(g, nbins=self.nbins)
-        if self.polarity == "auto":
-            self.dark = objects_are_dark(g, self.threshold)
-        else:
-            self.dark = self.polarity == "dark"
+        self.threshold = t = otsu_threshold(g, nbins=self.nbins)
+        self._set_polarity(lambda: objects_are_dark(g, t))
         return g
+
+    def _set_polarity(self, objects_dark: Callable[[], bool]) -> None:
+        """``dark`` from ``polarity``; ``auto`` asks ``objects_dark`` (the fitted image's rule:
+        more than half of the pixels above the threshold)."""
+        self.dark = objects_dark() if self.polarity == "auto" else self.polarity == "dark"
 
     def _require_fit(self) -> tuple[float, bool]:
         if self.threshold is None or self.dark is None:

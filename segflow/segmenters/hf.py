@@ -254,7 +254,7 @@ class TransformersSegmenter(Segmenter):
 
         x = self._normalise(adapt_channels(np.asarray(batch, dtype=np.float32), 3))
         probs = self._probabilities(torch.from_numpy(x).to(self.device))
-        return probs.cpu().numpy().astype(np.float32)
+        return np.asarray(probs.cpu().numpy(), dtype=np.float32)  # no copy: float32 already
 
     def _probabilities(self, pixel_values: Any) -> Any:
         """Normalised (N, 3, h, w) float32 tensor on the device -> (N, K, h, w) probabilities."""
