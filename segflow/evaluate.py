@@ -389,7 +389,12 @@ def process_image(
         from segflow.large import process_image_streamed
 
         return process_image_streamed(
-            item, config=config, segmenter=segmenter, run_id=run_id, config_hash=config_hash
+            item,
+            config=config,
+            segmenter=segmenter,
+            run_id=run_id,
+            config_hash=config_hash,
+            overlay=overlay,
         )
 
     t_all = time.perf_counter()

@@ -104,6 +104,7 @@ __all__ = [
     "DEFAULT_LARGE_PIXELS",
     "DEFAULT_STRIP_ROWS",
     "LARGE_MODES",
+    "OVERLAY_MAX_PIXELS",
     "OVERVIEW_MODES",
     "NotStreamableError",
     "StreamedObject",
@@ -127,6 +128,9 @@ LARGE_MODES = ("auto", "always", "never")
 OVERVIEW_MODES = ("auto", "strided", "pyramid")
 #: Rows per strip of the pointwise path (rounded up to the storage chunk rows).
 DEFAULT_STRIP_ROWS = 512
+#: Pixels of a streamed image's overlay: the image, prediction and truth sampled every ``step``
+#: rows and columns (an in-memory image's overlay is full size).
+OVERLAY_MAX_PIXELS = 1 << 22
 #: Pointwise prediction works on blocks of at most this many columns (bounds temporaries).
 _BLOCK_COLS = 4096
 
@@ -321,6 +325,7 @@ class _RowCache:
         self._blocks: list[tuple[int, np.ndarray]] = []  # (first row, (C, n, W))
         self._end = 0
         self.rows_read = 0
+        self.overview: _Overview | None = None
 
     def rows(self, y0: int, y1: int) -> np.ndarray:
         """Rows ``[y0, y1)`` as ``(C, y1 - y0, W) float32`` (a new array)."""
@@ -334,7 +339,10 @@ class _RowCache:
         while self._end < y1:
             n = min(self.block_rows, height - self._end)
             raw = self.source.read(y=self._end, x=0, h=n, w=width)
-            self._blocks.append((self._end, self.scaler(raw)))
+            scaled = self.scaler(raw)
+            if self.overview is not None:
+                self.overview.put_image(self._end, scaled)
+            self._blocks.append((self._end, scaled))
             self._end += n
             self.rows_read += n
         parts = []
@@ -425,6 +433,59 @@ def _raw_overview(source: WindowSource, max_pixels: int, block_rows: int) -> np.
         block = source.read(y=y0, x=0, h=y1 - y0, w=source.width)
         parts.append(block[first - y0 :: step, ::step].copy())
     return np.concatenate(parts, axis=0)
+
+
+class _Overview:
+    """Every ``step``-th row and column of the image, the predicted ids and the true ids of a
+    streamed image, filled as the rows go by (each row is read once), for its overlay."""
+
+    def __init__(self, height: int, width: int, step: int) -> None:
+        self.step = step
+        self.shape = (-(-height // step), -(-width // step))
+        self.image: np.ndarray | None = None  # (h, w, C) uint8, allocated at the first rows
+        self.pred = np.zeros(self.shape, dtype=np.int32)  # provisional ids until draw()
+        self.truth: np.ndarray | None = None
+
+    def _sampled(self, y0: int, n: int) -> tuple[slice, slice] | None:
+        """(rows of the block, rows of the overview) on the stride, or None."""
+        first = -(-y0 // self.step) * self.step
+        if first >= y0 + n:
+            return None
+        k = len(range(first - y0, n, self.step))
+        return slice(first - y0, n, self.step), slice(first // self.step, first // self.step + k)
+
+    def put_image(self, y0: int, block: np.ndarray) -> None:
+        """Rows ``y0...`` of the scaled image, ``(C, n, W) float32`` in [0, 1]."""
+        at = self._sampled(y0, block.shape[1])
+        if at is None:
+            return
+        if self.image is None:
+            self.image = np.zeros((*self.shape, block.shape[0]), dtype=np.uint8)
+        rows = block[:, at[0], :: self.step] * np.float32(255)
+        self.image[at[1]] = np.rint(rows).astype(np.uint8).transpose(1, 2, 0)
+
+    def put_pred(self, y0: int, ids: np.ndarray) -> None:
+        """Rows ``y0...`` of the class ids or provisional object ids (node + 1), ``(n, W)``."""
+        at = self._sampled(y0, ids.shape[0])
+        if at is not None:
+            self.pred[at[1]] = ids[at[0], :: self.step]
+
+    def put_truth(self, y0: int, ids: np.ndarray) -> None:
+        """Rows ``y0...`` of the ground truth, ``(n, W)``."""
+        at = self._sampled(y0, ids.shape[0])
+        if at is None:
+            return
+        if self.truth is None:
+            self.truth = np.zeros(self.shape, dtype=np.int32)
+        self.truth[at[1]] = ids[at[0], :: self.step]
+
+    def draw(self, lut: np.ndarray | None) -> np.ndarray:
+        """The overlay, ``(h, w, 3) uint8``; ``lut`` maps provisional ids to final ones."""
+        from segflow.overlay import draw_overlay
+
+        assert self.image is not None
+        pred = self.pred if lut is None else np.asarray(lut, dtype=np.int32)[self.pred]
+        return draw_overlay(self.image, pred, self.truth)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -903,6 +964,10 @@ class StreamedSegmentation:
         Mean per-pixel entropy (segmenters with probabilities).
     labels_path : Path or None
         The label image written to disk (``labels_out``).
+    overlay : (h, w, 3) uint8 ndarray or None
+        With ``overlay_max_pixels``: :func:`segflow.overlay.draw_overlay` of the image, the
+        final label map and the truth, each sampled every ``info["overlay_step"]`` rows and
+        columns.
     info : dict
         How it ran: overview kind and size, strip rows, rows held, windows, timings (ms).
     """
@@ -919,6 +984,7 @@ class StreamedSegmentation:
     instance_scores: M.InstanceScores | None = None
     mean_entropy: float | None = None
     labels_path: Path | None = None
+    overlay: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -981,6 +1047,7 @@ class _Truth:
         self.areas: dict[int, int] = {}
         self._fg: np.ndarray | None = None
         self._ids: np.ndarray | None = None
+        self.overview: _Overview | None = None
         if source is not None and (source.height, source.width) != (height, width):
             raise ValueError(
                 f"ground truth size {(source.height, source.width)} differs from the image's "
@@ -993,6 +1060,8 @@ class _Truth:
         block = self.source.read(y=y0, x=0, h=y1 - y0, w=self.source.width)
         if block.ndim == 3:
             block = block[..., 0]
+        if self.overview is not None:
+            self.overview.put_truth(y0, block)
         fg = block != 0
         self.total += int(np.count_nonzero(fg))
         self._fg = fg
@@ -1033,6 +1102,7 @@ class _Ctx:
     objects: _Objects
     labels: _LabelWriter | None
     class_pixels: np.ndarray
+    overview: _Overview | None
     info: dict[str, Any]
     connectivity: int = 2
     min_size: int = 0
@@ -1053,6 +1123,7 @@ def segment_streamed(
     truth_instances: bool = False,
     labels_out: str | os.PathLike[str] | None = None,
     max_chunk_pixels: int | None = DEFAULT_MAX_PIXELS,
+    overlay_max_pixels: int | None = None,
 ) -> StreamedSegmentation:
     """Segment a large image window by window, in memory bounded by ``width x tile``.
 
@@ -1088,6 +1159,11 @@ def segment_streamed(
     max_chunk_pixels : int or None
         Refuse files whose storage chunk (tile/strip) is larger: reading one window would decode
         it whole.
+    overlay_max_pixels : int, optional
+        Also draw ``result.overlay`` (:func:`segflow.overlay.draw_overlay`, with the truth when
+        given) at the smallest stride ``step`` that leaves at most this many pixels: the image,
+        the final label map and the truth are sampled every ``step`` rows and columns as the
+        rows go by (no extra read), so contours are those of the sampled maps.
 
     Returns
     -------
@@ -1117,6 +1193,8 @@ def segment_streamed(
         classic.FIT_MAX_PIXELS if overview_max_pixels is None else overview_max_pixels,
         lo=1,
     )
+    if overlay_max_pixels is not None:
+        _check_int("overlay_max_pixels", overlay_max_pixels, lo=1)
 
     src, own = _as_source(source, labels=False)
     truth_src, truth_own = (None, False) if truth is None else _as_source(truth, labels=True)
@@ -1135,6 +1213,7 @@ def segment_streamed(
             truth_instances=truth_instances,
             labels_out=labels_out,
             max_chunk_pixels=max_chunk_pixels,
+            overlay_max_pixels=overlay_max_pixels,
         )
     finally:
         if own:
@@ -1165,6 +1244,7 @@ def _segment(
     truth_instances: bool,
     labels_out: str | os.PathLike[str] | None,
     max_chunk_pixels: int | None,
+    overlay_max_pixels: int | None = None,
 ) -> StreamedSegmentation:
     t_start = time.perf_counter()
     classic = _classic()
@@ -1221,6 +1301,10 @@ def _segment(
         if labels_out is not None
         else None
     )
+    sampled = None
+    if overlay_max_pixels is not None:
+        sampled = _Overview(height, width, _overview_step(height, width, overlay_max_pixels))
+        info["overlay_step"] = sampled.step
     ctx = _Ctx(
         segmenter=segmenter,
         height=height,
@@ -1229,16 +1313,18 @@ def _segment(
         truth=_Truth(truth, height, width, instances=truth_instances),
         objects=_Objects(
             (height, width),
-            keep_nodes=writer is not None,
+            keep_nodes=writer is not None or sampled is not None,
             min_size=min_size,
         ),
         labels=writer,
         class_pixels=np.zeros(max(num_classes, 2), np.int64),
+        overview=sampled,
         info=info,
         connectivity=int(getattr(segmenter, "connectivity", 2)),
         min_size=min_size,
     )
     cache = _RowCache(src, scaler, block_rows=block_rows)
+    cache.overview = ctx.truth.overview = sampled
     prepared = _Prepared(cache, segmenter, halo)
     result = StreamedSegmentation(
         height=height, width=width, class_names=list(segmenter.class_names)
@@ -1328,10 +1414,12 @@ def _segment(
     ctx.info.pop("_kept_gt", None)
     ctx.info.pop("_tp", None)
     lut = ctx.info.pop("_lut", None)
+    if lut is None:
+        lut = np.arange(num_classes + 1, dtype=np.int32)  # class ids written as they are
     if writer is not None:
-        if lut is None:
-            lut = np.arange(num_classes + 1, dtype=np.int32)  # class ids written as they are
         result.labels_path = writer.finish(lut)
+    if sampled is not None:
+        result.overlay = sampled.draw(lut)
     info["t_total_ms"] = (time.perf_counter() - t_start) * 1000.0
     result.info = info
     return result
@@ -1580,6 +1668,8 @@ def _class_rles(
             )
         if ctx.labels is not None:
             ctx.labels.write(y0, classes)
+        if ctx.overview is not None:
+            ctx.overview.put_pred(y0, classes)
     ctx.info["_tp"] = tp
     result.class_masks = {c: R.merge(rles) for c, rles in sorted(parts.items())}
 
@@ -1603,7 +1693,7 @@ def _components(strips: Iterator[tuple[int, np.ndarray]], ctx: _Ctx) -> np.ndarr
         y1 = y0 + n_rows
         last_strip = y1 >= height
         ctx.truth.rows(y0, y1)  # the rows the pieces' overlap() looks at, and the totals
-        prov = np.zeros(classes.shape, dtype=np.int32) if ctx.labels is not None else None
+        prov = np.zeros(classes.shape, dtype=np.int32) if _provisional(ctx) else None
         now_open: list[int] = []
         closing: list[int] = []
         for c in range(1, k):
@@ -1657,12 +1747,24 @@ def _components(strips: Iterator[tuple[int, np.ndarray]], ctx: _Ctx) -> np.ndarr
         objects.close(prev_open)
         objects.close(closing)
         prev_open = now_open
-        if ctx.labels is not None and prov is not None:
-            ctx.labels.write(y0, prov)
+        if prov is not None:
+            _write_provisional(ctx, y0, prov)
     objects.close(prev_open)
     if objects.records:
         raise RuntimeError(f"{len(objects.records)} objects were never completed")
     return None
+
+
+def _provisional(ctx: _Ctx) -> bool:
+    """Whether provisional ids are kept (for the label image or the overlay)."""
+    return ctx.labels is not None or ctx.overview is not None
+
+
+def _write_provisional(ctx: _Ctx, y0: int, prov: np.ndarray) -> None:
+    if ctx.labels is not None:
+        ctx.labels.write(y0, prov)
+    if ctx.overview is not None:
+        ctx.overview.put_pred(y0, prov)
 
 
 def _link_rows(objects: _Objects, above: np.ndarray, below: np.ndarray, conn: int) -> None:
@@ -1762,9 +1864,7 @@ def _stream_labels(prepared: _Prepared, ctx: _Ctx, *, tile: int, overlap: int) -
         o0, o1 = row_own[r]
         o1 = min(o1, height)
         gt = ctx.truth.rows(o0, o1) if o0 < o1 else None
-        prov = (
-            np.zeros((max(0, o1 - o0), width), dtype=np.int32) if ctx.labels is not None else None
-        )
+        prov = np.zeros((max(0, o1 - o0), width), dtype=np.int32) if _provisional(ctx) else None
         for c, x in enumerate(xs):
             if o0 >= o1:
                 break
@@ -1789,8 +1889,8 @@ def _stream_labels(prepared: _Prepared, ctx: _Ctx, *, tile: int, overlap: int) -
                 nz = local > 0
                 sub = prov[:, c0:c1]
                 sub[nz] = (local[nz] + offsets[c]).astype(np.int32)  # node + 1
-        if ctx.labels is not None and prov is not None and o0 < o1:
-            ctx.labels.write(o0, prov)
+        if prov is not None and o0 < o1:
+            _write_provisional(ctx, o0, prov)
         live[r] = (labs, offsets, counts)
         nxt = ys[r + 1] if r + 1 < len(ys) else None
         for r1 in list(live):
@@ -1844,7 +1944,7 @@ def _final_objects(ctx: _Ctx, *, min_size: int, instances: bool) -> list[Streame
         StreamedObject(id=i, class_id=d.class_id, rle=d.rle, bbox=d.bbox, area=d.area)
         for i, d in enumerate(kept, start=1)
     ]
-    if ctx.labels is not None:
+    if _provisional(ctx):
         lut = np.zeros(len(ctx.objects.parent) + 1, dtype=np.int32)
         for i, d in enumerate(kept, start=1):
             lut[np.asarray(d.nodes, dtype=np.int64) + 1] = i if instances else d.class_id
@@ -1955,6 +2055,7 @@ def process_image_streamed(
     run_id: str,
     config_hash: str,
     labels_dir: str | os.PathLike[str] | None = None,
+    overlay: bool = False,
 ) -> ImageResult:
     """:func:`segflow.evaluate.process_image` for an image that streams (same rows, same stages).
 
@@ -1962,7 +2063,10 @@ def process_image_streamed(
     blocks), segments it with :func:`segment_streamed` using the run's tiling options, and builds
     the ``metrics`` and ``masks`` rows. The sha256 is the listing's (``item.sha256``) or computed
     in blocks. Ground truth, when paired, is read by window too (foreground counts, and instance
-    scores with ``gt_format="instances"``). No overlay is drawn. With ``labels_dir`` the label image goes to ``labels_dir/<image_id>.tif``.
+    scores with ``gt_format="instances"``). With ``overlay`` and ground truth, the overlay is
+    drawn at :data:`OVERLAY_MAX_PIXELS` (the image sampled every ``step`` rows and columns; see
+    :func:`segment_streamed`). With ``labels_dir`` the label image goes to
+    ``labels_dir/<image_id>.tif``.
 
     Raises
     ------
@@ -2008,6 +2112,7 @@ def process_image_streamed(
             truth_instances=truth_src is not None and config.gt_format == "instances",
             labels_out=labels_out,
             max_chunk_pixels=config.max_pixels,
+            overlay_max_pixels=OVERLAY_MAX_PIXELS if overlay and truth_src is not None else None,
         )
         stage = "evaluate"
         t0 = time.perf_counter()
@@ -2047,7 +2152,7 @@ def process_image_streamed(
         len(result.objects),
         result.info.get("overview"),
     )
-    return ImageResult(metrics=row, masks=masks, overlay=None)
+    return ImageResult(metrics=row, masks=masks, overlay=result.overlay)
 
 
 def _truth_source(path: str, config: Any) -> WindowSource:

@@ -541,12 +541,15 @@ def test_pipeline_switch_streams_a_tiff_above_max_pixels(
     item = _item(path, gt=labels_path)
     kw = {"run_id": "r", "config_hash": "c"}
     streamed = evaluate.process_image(
-        item, config=small_guard, segmenter=small_guard.create_segmenter(), **kw
+        item, config=small_guard, segmenter=small_guard.create_segmenter(), overlay=True, **kw
     )
     whole = evaluate.process_image(
         item, config=ordinary, segmenter=ordinary.create_segmenter(), **kw
     )
-    assert streamed.overlay is None
+    # the overlay of a streamed image: every 2nd row and column (4 MP of 9 MP)
+    assert large.OVERLAY_MAX_PIXELS == 1 << 22
+    assert streamed.overlay is not None and streamed.overlay.shape == (1500, 1500, 3)
+    assert whole.overlay is None  # not asked for
     assert [m["rle_counts"] for m in streamed.masks] == [m["rle_counts"] for m in whole.masks]
     for key in (
         "n_instances",
@@ -635,3 +638,50 @@ def test_array_source_windows_and_bad_windows() -> None:
     assert np.array_equal(src.read(y=3, x=4, h=5, w=6), arr[3:8, 4:10])
     with pytest.raises(ValueError, match="outside the image"):
         src.read(y=28, x=0, h=5, w=5)
+
+
+def test_overlay_of_a_streamed_image_is_that_of_the_sampled_maps(
+    field3k: tuple[NucleiField, Path, Path], small: tuple[np.ndarray, Path]
+) -> None:
+    """The overlay drawn as the rows go by equals draw_overlay of the in-memory image, label
+    map and truth sampled on the same stride, for instances (clean-up dropping objects), a
+    semantic output, a window-stitched labeler and without truth."""
+    from segflow.overlay import draw_overlay
+
+    _, path, labels_path = field3k
+    truth = tifffile.imread(labels_path)
+    image = read_image(path)
+    for name, params in (("otsu", {"min_size": 150}), ("otsu", {"instances": False})):
+        ref = segment_image(segmenters.create(name, **params), to_float_chw(image))
+        pred = ref.instances if ref.instances is not None else ref.classes
+        res = large.segment_streamed(
+            path,
+            segmenters.create(name, **params),
+            truth=labels_path,
+            strip_rows=STRIP,
+            overlay_max_pixels=1_000_000,
+        )
+        step = res.info["overlay_step"]
+        assert step == 3  # ceil(sqrt(9 MP / 1 MP))
+        assert res.overlay is not None and res.overlay.shape == (1000, 1000, 3)
+        s = np.s_[::step, ::step]
+        want = draw_overlay(image[s], pred[s], truth[s])
+        assert np.array_equal(res.overlay, want), name
+        # not trivial: predicted and true contours are drawn
+        for colour in ((255, 255, 0), (0, 255, 255)):
+            assert (res.overlay == colour).all(axis=2).sum() > 1000, colour
+    # a labeler stitched from windows; no truth: the prediction alone
+    img, small_path = small
+    seg = segmenters.create("watershed")
+    ref = segment_image(seg, to_float_chw(img), tile=256, overlap=64)
+    res = large.segment_streamed(
+        small_path, segmenters.create("watershed"), tile=256, overlap=64, overlay_max_pixels=500_000
+    )
+    step = res.info["overlay_step"]
+    assert step == 3
+    s = np.s_[::step, ::step]
+    assert res.overlay is not None
+    # ids may differ from the in-memory ones, the partition (so the contours) may not
+    assert np.array_equal(res.overlay, draw_overlay(img[s], ref.instances[s]))
+    # without the option nothing is drawn
+    assert large.segment_streamed(small_path, segmenters.create("otsu")).overlay is None
