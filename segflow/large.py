@@ -479,13 +479,12 @@ class _Overview:
             self.truth = np.zeros(self.shape, dtype=np.int32)
         self.truth[at[1]] = ids[at[0], :: self.step]
 
-    def draw(self, lut: np.ndarray | None) -> np.ndarray:
+    def draw(self, lut: np.ndarray) -> np.ndarray:
         """The overlay, ``(h, w, 3) uint8``; ``lut`` maps provisional ids to final ones."""
         from segflow.overlay import draw_overlay
 
         assert self.image is not None
-        pred = self.pred if lut is None else np.asarray(lut, dtype=np.int32)[self.pred]
-        return draw_overlay(self.image, pred, self.truth)
+        return draw_overlay(self.image, np.asarray(lut, dtype=np.int32)[self.pred], self.truth)
 
 
 # ---------------------------------------------------------------------------------------------
