@@ -398,6 +398,15 @@ def _pick_level(source: WindowSource, max_pixels: int) -> int | None:
     return best
 
 
+def _on_stride(y0: int, n: int, step: int) -> tuple[slice, int] | None:
+    """Rows ``y0 .. y0 + n`` on the stride: (their slice in the block, the first one's index in
+    the strided sample), or None when none is."""
+    first = -(-y0 // step) * step  # first row >= y0 on the stride
+    if first >= y0 + n:
+        return None
+    return slice(first - y0, n, step), first // step
+
+
 def _strided_overview(
     source: WindowSource,
     scaler: _Scaler,
@@ -413,11 +422,11 @@ def _strided_overview(
     height = source.height
     for y0 in range(0, height, block_rows):
         y1 = min(height, y0 + block_rows)
-        first = -(-y0 // step) * step  # first row >= y0 on the stride
-        if first >= y1:
+        at = _on_stride(y0, y1 - y0, step)
+        if at is None:
             continue
         rows = prepared.rows(y0, y1) if prepared is not None else cache.rows(y0, y1)
-        parts.append(rows[:, first - y0 :: step, ::step].copy())  # not a view: frees rows
+        parts.append(rows[:, at[0], ::step].copy())  # not a view: frees rows
     return np.ascontiguousarray(np.concatenate(parts, axis=1))
 
 
@@ -427,11 +436,11 @@ def _raw_overview(source: WindowSource, max_pixels: int, block_rows: int) -> np.
     parts = []
     for y0 in range(0, source.height, block_rows):
         y1 = min(source.height, y0 + block_rows)
-        first = -(-y0 // step) * step
-        if first >= y1:
+        at = _on_stride(y0, y1 - y0, step)
+        if at is None:
             continue
         block = source.read(y=y0, x=0, h=y1 - y0, w=source.width)
-        parts.append(block[first - y0 :: step, ::step].copy())
+        parts.append(block[at[0], ::step].copy())
     return np.concatenate(parts, axis=0)
 
 
@@ -448,11 +457,11 @@ class _Overview:
 
     def _sampled(self, y0: int, n: int) -> tuple[slice, slice] | None:
         """(rows of the block, rows of the overview) on the stride, or None."""
-        first = -(-y0 // self.step) * self.step
-        if first >= y0 + n:
+        at = _on_stride(y0, n, self.step)
+        if at is None:
             return None
-        k = len(range(first - y0, n, self.step))
-        return slice(first - y0, n, self.step), slice(first // self.step, first // self.step + k)
+        rows, first = at
+        return rows, slice(first, first + len(range(rows.start, n, self.step)))
 
     def put_image(self, y0: int, block: np.ndarray) -> None:
         """Rows ``y0...`` of the scaled image, ``(C, n, W) float32`` in [0, 1]."""
@@ -1330,6 +1339,9 @@ def _segment(
     )
     result.has_instances = has_instances
 
+    # instance scores need objects even from a semantic segmenter (its components)
+    need_objects = has_instances or ctx.min_size > 1 or ctx.truth.instances
+    objects_built = kind == "labels" or need_objects
     t0 = time.perf_counter()
     if kind == "labels":
         if overlap < 1:
@@ -1363,8 +1375,6 @@ def _segment(
         opening = int(getattr(segmenter, "opening", 0)) if kind == "threshold" else 0
         if opening:
             class_strips = _opened(class_strips, ctx, radius=opening)
-        # instance scores need objects even from a semantic segmenter (its components)
-        need_objects = has_instances or ctx.min_size > 1 or ctx.truth.instances
         if need_objects:
             _components(class_strips, ctx)
             objects = _final_objects(ctx, min_size=min_size, instances=has_instances)
@@ -1386,7 +1396,6 @@ def _segment(
     info["rows_read"] = cache.rows_read
     info["peak_pieces_held"] = ctx.objects.peak_held_pieces
 
-    objects_built = kind == "labels" or has_instances or ctx.min_size > 1 or ctx.truth.instances
     if objects_built:
         result.class_pixels = np.zeros(max(num_classes, 2), np.int64)
         for obj in objects:
