@@ -216,6 +216,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         "segmenter_params": parse_set(args.set or []),
         "ground_truth": args.ground_truth,
         "gt_format": args.gt_format,
+        "gt_ignore": args.gt_ignore,
         "tile": args.tile,
         "overlap": args.overlap,
         "blend": args.blend,
@@ -408,13 +409,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="segmenter parameter, repeatable (e.g. --set sigma=1 --set min_size=20)",
     )
     run.add_argument(
-        "--ground-truth", help="folder of label images matching the images' relative paths by stem"
+        "--ground-truth",
+        help="folder of label images matching the images' relative paths by stem, or a COCO "
+        "annotation file (.json)",
     )
     run.add_argument(
         "--gt-format",
         choices=["binary", "instances", "classes"],
         default="binary",
         help="how label images are read (default binary)",
+    )
+    run.add_argument(
+        "--gt-ignore",
+        type=_positive,
+        default=None,
+        metavar="VALUE",
+        help="label value no score counts (e.g. 255, PASCAL VOC's void border)",
     )
     run.add_argument(
         "--tile", type=_positive, default=512, help="tile side in pixels (default 512)"

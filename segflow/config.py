@@ -36,6 +36,7 @@ from pydantic import (
 
 import segflow
 from segflow import segmenters
+from segflow.coco import is_coco_path
 from segflow.io import DEFAULT_MAX_PIXELS
 from segflow.large import DEFAULT_LARGE_PIXELS
 from segflow.segmenters.base import Segmenter
@@ -124,10 +125,16 @@ class RunConfig(BaseModel):
     segmenter_params : dict[str, bool | int | float | str]
         Keyword arguments of the segmenter.
     ground_truth : str or None
-        Folder or URL of label images matching the images' relative paths by stem.
+        Folder or URL of label images matching the images' relative paths by stem, or a COCO
+        annotation file (``.json``; pairing and label maps: :mod:`segflow.coco`).
     gt_format : "binary" | "instances" | "classes"
         How label images are read: non-zero = foreground; each non-zero id one object;
         the value is the class id.
+    gt_ignore : int or None
+        Label value whose pixels no score counts, in any format (PASCAL VOC's 255 "void"
+        border): left out of the foreground counts, the class confusion matrix and instance
+        matching (a predicted object's pixels there are not false positives), drawn grey in
+        overlays.
     tile, overlap, blend, batch_size
         Tiled inference: tile side, overlap in pixels, blending of overlapping tiles, tiles per
         segmenter call.
@@ -177,6 +184,7 @@ class RunConfig(BaseModel):
     segmenter_params: dict[str, Scalar] = Field(default_factory=dict)
     ground_truth: str | None = None
     gt_format: Literal["binary", "instances", "classes"] = "binary"
+    gt_ignore: int | None = Field(default=None, ge=1)
     tile: int = Field(default=512, ge=16, le=16384)
     overlap: int = Field(default=64, ge=0)
     blend: Literal["constant", "linear", "gaussian"] = "gaussian"
@@ -231,6 +239,15 @@ class RunConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _ignore_applies_to_label_images(self) -> RunConfig:
+        if self.gt_ignore is not None and self.ground_truth and is_coco_path(self.ground_truth):
+            raise ValueError(
+                "gt_ignore applies to label images; a COCO annotation file "
+                f"({self.ground_truth}) marks its crowd regions as ignored itself"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _overlap_below_tile(self) -> RunConfig:
         if self.overlap >= self.tile:
             raise ValueError(f"overlap must be >= 0 and < tile ({self.tile}), got {self.overlap}")
@@ -280,7 +297,7 @@ class RunConfig(BaseModel):
     def hashed_fields(self) -> dict[str, Any]:
         """The canonical description of the computation that :meth:`config_hash` digests."""
         params = self.effective_segmenter_params()
-        return {
+        fields = {
             "segflow_major": _major_version(),
             "segmenter": self.segmenter,
             "segmenter_params": {k: params[k] for k in sorted(params)},
@@ -293,6 +310,10 @@ class RunConfig(BaseModel):
             # a retrained model behind the same path is a different computation
             "model_content": self.model_digests(),
         }
+        if self.ground_truth and self.gt_ignore is not None:
+            # only when set, so that every configuration without it keeps its hash
+            fields["gt_ignore"] = self.gt_ignore
+        return fields
 
     def model_digests(self) -> list[str | None]:
         """Content digests of the model files the segmenter reads (see Segmenter.model_files)."""

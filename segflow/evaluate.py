@@ -37,7 +37,7 @@ import numpy as np
 from segflow import metrics as M
 from segflow import postprocess
 from segflow import rle as R
-from segflow.ingest import ImageItem, read_bytes, read_ground_truth
+from segflow.ingest import IGNORE, ImageItem, load_ground_truth, read_bytes
 from segflow.io import read_image
 from segflow.preprocess import to_float_chw
 from segflow.segmenters.base import Segmentation, Segmenter
@@ -172,7 +172,8 @@ def metrics_row(
     seg : Segmentation
         ``classes`` (H, W) int32, optional ``instances`` and ``probabilities`` (K, H, W).
     truth : (H, W) int32 or None
-        Ground truth as read by :func:`segflow.ingest.read_ground_truth` with ``gt_format``.
+        Ground truth as read by :func:`segflow.ingest.read_ground_truth` with ``gt_format``;
+        pixels equal to :data:`segflow.ingest.IGNORE` (-1) are left out of every score.
     gt_format : "binary" | "instances" | "classes"
     ids : mapping
         Identity columns copied into the row (image_id, source_uri, sha256, config_hash, run_id,
@@ -215,15 +216,27 @@ def metrics_row(
         raise ValueError(
             f"ground truth shape {truth.shape} differs from the image's {classes.shape}"
         )
-    row.update(foreground_columns(*M.binary_counts(fg, truth)))
+    # IGNORE pixels (``gt_ignore``) count nowhere: not in the foreground counts, not in the
+    # confusion matrix, and a predicted object's pixels there are cut off before matching
+    ignored = truth == IGNORE
+    if not ignored.any():
+        ignored = None
+    if ignored is None:
+        row.update(foreground_columns(*M.binary_counts(fg, truth)))
+    else:
+        valid = ~ignored
+        row.update(foreground_columns(*M.binary_counts(fg[valid], truth[valid] > 0)))
     if gt_format == "instances":
         pred_inst = seg.instances if seg.instances is not None else _components(classes)
+        if ignored is not None:
+            pred_inst = np.where(ignored, 0, pred_inst)
+            truth = np.where(ignored, 0, truth)
         row.update(instance_columns(M.instance_scores(pred_inst, truth)))
     elif gt_format == "classes":
         k = max(
             len(seg.class_names), int(classes.max(initial=0)) + 1, int(truth.max(initial=0)) + 1
         )
-        cm = M.confusion_matrix(classes, truth, num_classes=k)
+        cm = M.confusion_matrix(classes, truth, num_classes=k, ignore_index=IGNORE)
         diag = np.diag(cm)
         row.update(
             class_iou=[float(v) for v in M.semantic_scores(cm).iou],
@@ -431,8 +444,12 @@ def process_image(
         truth = None
         if item.gt_uri is not None:
             stage = "ground_truth"
-            truth = read_ground_truth(
-                item.gt_uri, gt_format=config.gt_format, max_pixels=config.max_pixels
+            truth = load_ground_truth(
+                item,
+                gt_format=config.gt_format,
+                ignore=config.gt_ignore,
+                shape=seg.classes.shape[:2],
+                max_pixels=config.max_pixels,
             )
 
         stage = "evaluate"

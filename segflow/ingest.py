@@ -12,6 +12,8 @@
   without extension (``a/b.jpg`` pairs with ``a/b.png`` or ``a/b.tif``) in a ground-truth folder.
 * :func:`read_ground_truth` reads a label image (0 = background) as ``binary`` (non-zero is
   foreground), ``instances`` (each non-zero id is one object) or ``classes`` (the value is the class).
+  With ``ignore`` (PASCAL VOC's 255 "void" border, say) those pixels become :data:`IGNORE`
+  (``-1``) and every score leaves them out (:mod:`segflow.evaluate`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ import numpy as np
 from segflow.io import DEFAULT_MAX_PIXELS, read_labels
 
 __all__ = [
+    "IGNORE",
     "GtFormat",
     "ImageItem",
     "hash_items",
     "list_images",
+    "load_ground_truth",
     "pair_ground_truth",
     "read_bytes",
     "read_ground_truth",
@@ -47,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 GtFormat = Literal["binary", "instances", "classes"]
 GT_FORMATS: tuple[str, ...] = ("binary", "instances", "classes")
+#: Ground-truth value of a pixel that no score counts (see ``ignore`` of :func:`read_ground_truth`).
+IGNORE = -1
 
 _HASH_BLOCK = 1 << 20
 
@@ -70,7 +76,9 @@ class ImageItem:
     sha256 : str or None
         Hex digest of the bytes, once :func:`hash_items` has run.
     gt_uri : str or None
-        Ground-truth label image paired by :func:`pair_ground_truth`.
+        Ground-truth label image (or COCO annotation file) paired by :func:`pair_ground_truth`.
+    gt_key : str or None
+        With a COCO annotation file: the ``file_name`` of the image's entry in it.
     """
 
     uri: str
@@ -79,6 +87,7 @@ class ImageItem:
     size: int
     sha256: str | None = None
     gt_uri: str | None = None
+    gt_key: str | None = None
 
 
 def _has_protocol(source: str) -> bool:
@@ -270,7 +279,25 @@ def pair_ground_truth(
 
     Images without a match keep ``gt_uri=None`` (they are segmented, without scores). When several
     label files share a stem, the one whose extension comes first in ``extensions`` wins.
+    A ``.json`` ``ground_truth`` is a COCO annotation file: items get it as ``gt_uri`` and their
+    entry's ``file_name`` as ``gt_key`` (pairing rule: :meth:`segflow.coco.CocoGroundTruth.match`).
     """
+    from segflow import coco
+
+    if coco.is_coco_path(ground_truth):
+        annotations = coco.load_coco(ground_truth)
+        out = []
+        for item in items:
+            entry = annotations.match(item.rel_path)
+            out.append(
+                replace(item, gt_uri=str(ground_truth), gt_key=entry.file_name)
+                if entry is not None
+                else item
+            )
+        missing = sum(i.gt_key is None for i in out)
+        if missing:
+            logger.info("%d of %d images have no entry in %s", missing, len(items), ground_truth)
+        return out
     exts = _normalise_extensions(extensions)
     files = _list_files(str(ground_truth), extensions=exts, recursive=recursive)
     index: dict[str, tuple[int, str]] = {}
@@ -294,6 +321,7 @@ def read_ground_truth(
     source: str | Path | bytes,
     *,
     gt_format: GtFormat,
+    ignore: int | None = None,
     name: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
@@ -301,22 +329,64 @@ def read_ground_truth(
 
     ``binary``: 0/1 (non-zero is foreground); ``instances``: the object ids as stored (0 =
     background); ``classes``: the class ids as stored. Palette PNGs give their indices.
+    ``ignore``: the stored value of pixels no score may count (255 in PASCAL VOC labels); they
+    are returned as :data:`IGNORE` (-1) in every format.
     Raises ``segflow.io.ImageReadError`` for unreadable files, ``ValueError`` for a bad format.
     """
     if gt_format not in GT_FORMATS:
         raise ValueError(f"gt_format must be one of {GT_FORMATS}, got {gt_format!r}")
+    if ignore is not None and (
+        isinstance(ignore, bool) or not isinstance(ignore, int) or ignore < 1
+    ):
+        raise ValueError(f"ignore must be a label value >= 1 (0 is background), got {ignore!r}")
     if isinstance(source, str) and _has_protocol(source):
         source = read_bytes(source)
     labels = read_labels(source, name=name, max_pixels=max_pixels)
     if labels.dtype != np.int32:
         labels = labels.astype(np.int32)
-    if gt_format == "binary":
-        return (labels != 0).view(np.uint8).astype(np.int32)
-    if labels.min(initial=0) < 0:
+    if gt_format != "binary" and labels.min(initial=0) < 0:
         raise ValueError(
             f"{gt_format} ground truth must be >= 0, got minimum {labels.min()} in {name or source!r}"
         )
+    ignored = labels == ignore if ignore is not None else None
+    if gt_format == "binary":
+        labels = (labels != 0).view(np.uint8).astype(np.int32)
+    if ignored is not None:
+        labels[ignored] = IGNORE
     return labels
+
+
+def load_ground_truth(
+    item: ImageItem,
+    *,
+    gt_format: GtFormat,
+    ignore: int | None = None,
+    shape: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """The ground truth paired with ``item``: ``(H, W) int32`` (:data:`IGNORE` where ignored).
+
+    A label image through :func:`read_ground_truth`; a COCO entry (``gt_key``) through
+    :func:`segflow.coco.coco_labels` (crowd regions ignored; ``ignore`` does not apply).
+    ``shape``: the image's ``(H, W)``; ground truth of another size is a ``ValueError``.
+    """
+    if item.gt_uri is None:
+        raise ValueError(f"{item.rel_path} has no ground truth")
+    if item.gt_key is not None:
+        from segflow.coco import coco_labels
+
+        return coco_labels(
+            item.gt_uri, item.gt_key, gt_format=gt_format, shape=shape, max_pixels=max_pixels
+        )
+    truth = read_ground_truth(
+        item.gt_uri, gt_format=gt_format, ignore=ignore, max_pixels=max_pixels
+    )
+    if shape is not None and truth.shape != tuple(shape):
+        raise ValueError(
+            f"ground truth shape {truth.shape} of {item.gt_uri} differs from the image's "
+            f"{tuple(shape)}"
+        )
+    return truth
 
 
 def split_done(

@@ -88,6 +88,7 @@ from scipy import ndimage as ndi
 from segflow import metrics as M
 from segflow import postprocess
 from segflow import rle as R
+from segflow.ingest import IGNORE, load_ground_truth
 from segflow.io import DEFAULT_MAX_PIXELS, ImageReadError, read_header
 from segflow.preprocess import to_float_chw
 from segflow.segmenters.base import Segmenter
@@ -1044,17 +1045,29 @@ class _Truth:
 
     With ``instances`` each non-zero id is also one true object: :attr:`areas` sums every id's
     pixels over the rows read, and :meth:`overlap` gives a piece's overlap with each id.
+    Pixels whose value is ``ignore`` count nowhere: they are neither foreground nor background
+    (:attr:`ignored_total` of them), and :meth:`overlap` reports a piece's pixels on them under
+    the key :data:`~segflow.ingest.IGNORE`, so that they can be taken off its area.
     """
 
     def __init__(
-        self, source: WindowSource | None, height: int, width: int, *, instances: bool = False
+        self,
+        source: WindowSource | None,
+        height: int,
+        width: int,
+        *,
+        instances: bool = False,
+        ignore: int | None = None,
     ) -> None:
         self.source = source
         self.instances = instances and source is not None
+        self.ignore = ignore if source is not None else None
         self.total = 0
+        self.ignored_total = 0
         self.areas: dict[int, int] = {}
         self._fg: np.ndarray | None = None
         self._ids: np.ndarray | None = None
+        self._ignored: np.ndarray | None = None
         self.overview: _Overview | None = None
         if source is not None and (source.height, source.width) != (height, width):
             raise ValueError(
@@ -1068,9 +1081,18 @@ class _Truth:
         block = self.source.read(y=y0, x=0, h=y1 - y0, w=self.source.width)
         if block.ndim == 3:
             block = block[..., 0]
+        ignored = block == self.ignore if self.ignore is not None else None
+        if ignored is not None and not ignored.any():
+            ignored = None
+        self._ignored = ignored
         if self.overview is not None:
-            self.overview.put_truth(y0, block)
+            self.overview.put_truth(
+                y0, block if ignored is None else np.where(ignored, IGNORE, block)
+            )
         fg = block != 0
+        if ignored is not None:
+            fg &= ~ignored
+            self.ignored_total += int(np.count_nonzero(ignored))
         self.total += int(np.count_nonzero(fg))
         self._fg = fg
         if self.instances:
@@ -1087,9 +1109,18 @@ class _Truth:
             return 0, None
         hit = crop & self._fg[region]
         n = int(np.count_nonzero(hit))
-        if not self.instances or n == 0 or self._ids is None:
-            return n, None
-        return n, _id_counts(self._ids[region][hit])
+        table = _id_counts(self._ids[region][hit]) if n and self._ids is not None else None
+        k = self.ignored_hits(crop, region)
+        if k:
+            table = {**(table or {}), IGNORE: k}
+        return n, table
+
+    def ignored_hits(self, mask: np.ndarray, region: tuple[slice, slice] | None = None) -> int:
+        """Pixels of ``mask`` (bool, at ``region`` of the rows last read) on ignored truth."""
+        if self._ignored is None:
+            return 0
+        ignored = self._ignored if region is None else self._ignored[region]
+        return int(np.count_nonzero(mask & ignored))
 
 
 def _id_counts(ids: np.ndarray) -> dict[int, int]:
@@ -1129,6 +1160,7 @@ def segment_streamed(
     overview_max_pixels: int | None = None,
     truth: Any = None,
     truth_instances: bool = False,
+    truth_ignore: int | None = None,
     labels_out: str | os.PathLike[str] | None = None,
     max_chunk_pixels: int | None = DEFAULT_MAX_PIXELS,
     overlay_max_pixels: int | None = None,
@@ -1161,6 +1193,9 @@ def segment_streamed(
         each class, as the in-memory evaluation takes them for binary output). Each object's
         area and its overlap with every true id are summed piece by piece, so the scores are
         those of the whole label maps.
+    truth_ignore : int, optional
+        The truth's value of pixels no score counts (``RunConfig.gt_ignore``), as
+        :func:`segflow.evaluate.metrics_row` leaves out :data:`~segflow.ingest.IGNORE` pixels.
     labels_out : path, optional
         Write the full-size ``int32`` label map (instance ids, or class ids without instances)
         to this ``.zarr`` folder or ``.tif`` file.
@@ -1219,6 +1254,7 @@ def segment_streamed(
             overview_max_pixels=ov_max,
             truth=truth_src,
             truth_instances=truth_instances,
+            truth_ignore=truth_ignore,
             labels_out=labels_out,
             max_chunk_pixels=max_chunk_pixels,
             overlay_max_pixels=overlay_max_pixels,
@@ -1251,6 +1287,7 @@ def _segment(
     truth: WindowSource | None,
     truth_instances: bool,
     labels_out: str | os.PathLike[str] | None,
+    truth_ignore: int | None = None,
     max_chunk_pixels: int | None,
     overlay_max_pixels: int | None = None,
 ) -> StreamedSegmentation:
@@ -1318,7 +1355,7 @@ def _segment(
         height=height,
         width=width,
         num_classes=num_classes,
-        truth=_Truth(truth, height, width, instances=truth_instances),
+        truth=_Truth(truth, height, width, instances=truth_instances, ignore=truth_ignore),
         objects=_Objects(
             (height, width),
             keep_nodes=writer is not None or sampled is not None,
@@ -1405,22 +1442,30 @@ def _segment(
         result.class_pixels = ctx.class_pixels
     if has_instances:
         result.objects = objects
+    kept_ignored = ctx.info.pop("_kept_ignored", None) or [0] * len(objects)
     if truth is not None:
         if objects_built:
             tp = sum(ctx.info.get("_kept_gt", []))
+            on_ignored = sum(kept_ignored)
         else:
             tp = int(ctx.info.get("_tp", 0))
-        fg = result.fg_pixels
+            on_ignored = int(ctx.info.get("_ignored", 0))
+        fg = result.fg_pixels - on_ignored
         fp = fg - tp
         fn = ctx.truth.total - tp
-        tn = height * width - tp - fp - fn
+        tn = height * width - ctx.truth.ignored_total - tp - fp - fn
         result.confusion = (int(tp), int(fp), int(fn), int(tn))
     if ctx.truth.instances:
+        # as the in-memory evaluation: objects cut to the pixels not ignored (none left: gone)
+        areas = [obj.area - k for obj, k in zip(objects, kept_ignored, strict=True)]
+        tables = ctx.info.pop("_kept_gt_ids", [])
+        kept = [i for i, a in enumerate(areas) if a > 0]
         result.instance_scores = _instance_scores(
-            [obj.area for obj in objects], ctx.info.pop("_kept_gt_ids", []), ctx.truth.areas
+            [areas[i] for i in kept], [tables[i] for i in kept], ctx.truth.areas
         )
     ctx.info.pop("_kept_gt", None)
     ctx.info.pop("_tp", None)
+    ctx.info.pop("_ignored", None)
     lut = ctx.info.pop("_lut", None)
     if lut is None:
         lut = np.arange(num_classes + 1, dtype=np.int32)  # class ids written as they are
@@ -1662,7 +1707,7 @@ def _class_rles(
     """Per-class RLE as the union of per-strip RLEs; class pixel counts; confusion counts."""
     size = (ctx.height, ctx.width)
     parts: dict[int, list[R.CocoRLE]] = {}
-    tp = 0
+    tp = ignored = 0
     for y0, classes in strips:
         y1 = y0 + classes.shape[0]
         counts = np.bincount(classes.ravel(), minlength=ctx.class_pixels.size)
@@ -1670,6 +1715,7 @@ def _class_rles(
         gt = ctx.truth.rows(y0, y1)
         if gt is not None:
             tp += int(np.count_nonzero(gt & (classes > 0)))
+            ignored += ctx.truth.ignored_hits(classes > 0)
         for c in np.flatnonzero(counts[1:]) + 1:
             parts.setdefault(int(c), []).append(
                 R.encode_crop(classes == c, offset=(y0, 0), size=size)
@@ -1679,6 +1725,7 @@ def _class_rles(
         if ctx.overview is not None:
             ctx.overview.put_pred(y0, classes)
     ctx.info["_tp"] = tp
+    ctx.info["_ignored"] = ignored
     result.class_masks = {c: R.merge(rles) for c, rles in sorted(parts.items())}
 
 
@@ -1946,8 +1993,12 @@ def _final_objects(ctx: _Ctx, *, min_size: int, instances: bool) -> list[Streame
     kept = [d for d in done if d.area >= min_size] if min_size > 1 else list(done)
     kept.sort(key=lambda d: d.key)
     ctx.info["_kept_gt"] = [d.gt for d in kept]
+    # pixels on ignored truth (the IGNORE entry of gt_ids) are taken off the scores' areas
+    ctx.info["_kept_ignored"] = [(d.gt_ids or {}).get(IGNORE, 0) for d in kept]
     if ctx.truth.instances:
-        ctx.info["_kept_gt_ids"] = [d.gt_ids or {} for d in kept]
+        ctx.info["_kept_gt_ids"] = [
+            {t: n for t, n in (d.gt_ids or {}).items() if t != IGNORE} for d in kept
+        ]
     objects = [
         StreamedObject(id=i, class_id=d.class_id, rle=d.rle, bbox=d.bbox, area=d.area)
         for i, d in enumerate(kept, start=1)
@@ -2096,8 +2147,20 @@ def process_image_streamed(
         src = open_source(path, name=item.rel_path)
         opened.append(src)
         t_read = (time.perf_counter() - t0) * 1000.0
-        truth_src = None
-        if item.gt_uri is not None:
+        truth_src: WindowSource | None = None
+        truth_ignore = config.gt_ignore
+        if item.gt_key is not None:  # a COCO entry: rasterised whole, crowds as IGNORE
+            stage = "ground_truth"
+            truth_src = ArraySource(
+                load_ground_truth(
+                    item,
+                    gt_format=config.gt_format,
+                    shape=(src.height, src.width),
+                    max_pixels=config.max_pixels,
+                )
+            )
+            truth_ignore = IGNORE
+        elif item.gt_uri is not None:
             stage = "ground_truth"
             gt_path, gt_tmp = _local_path(item.gt_uri)
             if gt_tmp:
@@ -2118,6 +2181,7 @@ def process_image_streamed(
             strip_rows=max(DEFAULT_STRIP_ROWS, config.tile),
             truth=truth_src,
             truth_instances=truth_src is not None and config.gt_format == "instances",
+            truth_ignore=truth_ignore,
             labels_out=labels_out,
             max_chunk_pixels=config.max_pixels,
             overlay_max_pixels=OVERLAY_MAX_PIXELS if overlay and truth_src is not None else None,

@@ -9,6 +9,7 @@ true positive area          green ``(0, 200, 0)``  light tint (``tint_alpha``, d
 false positive (pred only)  red ``(255, 0, 0)``    strong tint (``error_alpha``, default 0.5)
 false negative (true only)  blue ``(0, 64, 255)``  strong tint (``error_alpha``, default 0.5)
 predicted area, no truth    yellow tint            light tint (only when ``true is None``)
+ignored truth (``< 0``)     grey ``(128,128,128)`` strong tint; never red or blue
 true instance contours      cyan ``(0, 255, 255)`` opaque, 1 px, inside each true object
 predicted contours          yellow ``(255,255,0)`` opaque, 1 px, inside each predicted object;
                                                    drawn last, so it wins where both coincide
@@ -35,6 +36,7 @@ from skimage.segmentation import find_boundaries
 __all__ = [
     "FN_COLOUR",
     "FP_COLOUR",
+    "IGNORE_COLOUR",
     "PRED_CONTOUR_COLOUR",
     "PRED_TINT_COLOUR",
     "TP_COLOUR",
@@ -52,6 +54,7 @@ FN_COLOUR: tuple[int, int, int] = (0, 64, 255)
 PRED_TINT_COLOUR: tuple[int, int, int] = (255, 255, 0)
 PRED_CONTOUR_COLOUR: tuple[int, int, int] = (255, 255, 0)
 TRUE_CONTOUR_COLOUR: tuple[int, int, int] = (0, 255, 255)
+IGNORE_COLOUR: tuple[int, int, int] = (128, 128, 128)
 
 
 def to_uint8_rgb(image: npt.ArrayLike) -> np.ndarray:
@@ -139,7 +142,8 @@ def draw_overlay(
     pred : (H, W) bool mask or integer label map
         Foreground is ``!= 0``; each non-zero id is one instance (a bool mask: its blobs).
     true : (H, W) bool mask or integer label map, optional
-        Ground truth, same conventions.
+        Ground truth, same conventions; negative values (:data:`segflow.ingest.IGNORE`) mark
+        pixels no score counts, tinted grey.
     tint_alpha, error_alpha : float in [0, 1]
         Opacity of the light tints (true positives; the prediction when ``true`` is None) and of
         the false positive / false negative tints.
@@ -165,9 +169,13 @@ def draw_overlay(
         _tint(out, pf, PRED_TINT_COLOUR, float(tint_alpha))
     else:
         t = _labels("true", true, shape)
+        ignored = t < 0
+        if ignored.any():
+            t = np.where(ignored, 0, t)
+            _tint(out, ignored, IGNORE_COLOUR, float(error_alpha))
         tf = t != 0
         _tint(out, pf & tf, TP_COLOUR, float(tint_alpha))
-        _tint(out, pf & ~tf, FP_COLOUR, float(error_alpha))
+        _tint(out, pf & ~tf & ~ignored, FP_COLOUR, float(error_alpha))
         _tint(out, ~pf & tf, FN_COLOUR, float(error_alpha))
     result = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     if t is not None:

@@ -79,8 +79,11 @@ def test_parser_builds_typed_options() -> None:
             "--tile",
             "256",
             "--force",
+            "--gt-ignore",
+            "255",
         ]
     )
+    assert args.gt_ignore == 255
     assert (args.input, args.out, args.set, args.tile, args.force) == (
         "in",
         "o",
@@ -90,6 +93,8 @@ def test_parser_builds_typed_options() -> None:
     )
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "in", "--out", "o", "--gt-format", "polygons"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "in", "--out", "o", "--gt-ignore", "0"])
 
 
 def test_bad_options_exit_2_before_any_run(env: dict[str, str], tmp_path: Path) -> None:

@@ -154,6 +154,21 @@ def test_hash_depends_on_gt_format_when_ground_truth_is_given() -> None:
     assert cfg(ground_truth="/other", gt_format="binary").config_hash() == a
 
 
+def test_gt_ignore_is_hashed_only_when_set_with_ground_truth() -> None:
+    base = cfg(ground_truth="/gt", gt_format="classes")
+    marked = cfg(ground_truth="/gt", gt_format="classes", gt_ignore=255)
+    assert marked.config_hash() != base.config_hash()
+    assert cfg(ground_truth="/gt", gt_format="classes", gt_ignore=254).config_hash() not in {
+        base.config_hash(),
+        marked.config_hash(),
+    }
+    # without it the hash is that of every earlier configuration; without truth it is moot
+    assert "gt_ignore" not in base.hashed_fields()
+    assert cfg(gt_ignore=255).config_hash() == cfg().config_hash()
+    with pytest.raises(ValueError, match="gt_ignore"):
+        cfg(ground_truth="/gt", gt_ignore=0)
+
+
 def test_default_valued_params_hash_like_absent_ones() -> None:
     plain = cfg().config_hash()
     assert cfg(segmenter_params={"sigma": 0.0}).config_hash() == plain

@@ -30,7 +30,7 @@ from segflow.evaluate import (
     process_image,
     summary_markdown,
 )
-from segflow.ingest import ImageItem, hash_items, list_images, pair_ground_truth
+from segflow.ingest import IGNORE, ImageItem, hash_items, list_images, pair_ground_truth
 from segflow.segmenters.base import Segmentation
 from segflow.store import Store
 
@@ -174,6 +174,60 @@ def test_class_scores_match_sklearn() -> None:
         assert row["class_fn"][c] == int(((pred != c) & (truth == c)).sum())
     # foreground = any class but 0
     assert row["fg_iou"] == pytest.approx(jaccard_score((truth > 0).ravel(), (pred > 0).ravel()))
+
+
+# -- ignored ground truth (RunConfig.gt_ignore: VOC's 255 border) --------------------------------
+
+
+def _void_border(lab: np.ndarray, width: int = 1) -> np.ndarray:
+    """Pixels within ``width`` of an object's edge, outside it: where VOC draws 255."""
+    grown = cv2.dilate((lab > 0).astype(np.uint8), np.ones((2 * width + 1,) * 2, np.uint8)) > 0
+    return grown & (lab == 0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ignored_pixels_are_left_out_of_foreground_and_class_scores(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    pred = rng.integers(0, 3, (40, 36)).astype(np.int32)
+    truth = rng.integers(0, 3, (40, 36)).astype(np.int32)
+    ignored = rng.random((40, 36)) < 0.2
+    truth[ignored] = IGNORE
+    keep = ~ignored
+    seg = Segmentation(classes=pred, class_names=["bg", "a", "b"])
+    row = metrics_row(seg, truth, gt_format="classes", ids=IDS)
+    # scikit-learn on the pixels that are not ignored
+    p, t = pred[keep], truth[keep]
+    np.testing.assert_allclose(
+        row["class_iou"], jaccard_score(t, p, labels=[0, 1, 2], average=None)
+    )
+    assert len(row["class_iou"]) == 3  # the ignore value is no class
+    assert row["fg_iou"] == pytest.approx(jaccard_score(t > 0, p > 0))
+    assert row["fg_tp"] + row["fg_fp"] + row["fg_fn"] + row["fg_tn"] == int(keep.sum())
+    # the same ground truth without the ignore mark scores differently (the test can fail)
+    plain = metrics_row(seg, np.where(ignored, 0, truth), gt_format="classes", ids=IDS)
+    assert plain["fg_tn"] + plain["fg_fp"] > row["fg_tn"] + row["fg_fp"]
+
+
+def test_prediction_on_ignored_pixels_is_no_false_positive() -> None:
+    truth = _relabel(_disks((60, 60), 6, 11, r=(4, 7)))
+    border = _void_border(truth, 2)
+    pred = truth.copy()
+    pred[border] = 0
+    # an object predicted wholly inside the ignored border, and one grown into it
+    grown = cv2.dilate((truth == 1).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    pred[grown & (pred == 0)] = 1
+    lone = np.argwhere(border & (pred == 0))[0]
+    pred[lone[0], lone[1]] = 99
+    seg = _instance_seg(pred)
+    marked = np.where(border, IGNORE, truth)
+    row = metrics_row(seg, marked, gt_format="instances", ids=IDS)
+    n_true = int(truth.max())
+    assert (row["inst_tp"], row["inst_fp"], row["inst_fn"]) == (n_true, 0, 0)
+    assert row["inst_mean_iou"] == 1.0 and row["fg_iou"] == 1.0
+    assert row["fg_tn"] == int(((truth == 0) & ~border).sum())
+    # without the ignore mark the lone object is a false positive and object 1 is too large
+    plain = metrics_row(seg, truth, gt_format="instances", ids=IDS)
+    assert plain["inst_fp"] >= 1 and plain["fg_iou"] < 1.0
 
 
 def test_shape_mismatch_is_a_value_error() -> None:
@@ -356,7 +410,7 @@ def test_process_image_rows_timings_and_overlay(dataset: tuple[Path, Path], tmp_
 
 @pytest.mark.parametrize(
     ("name", "stage"),
-    [("zero", "decode"), ("text", "decode"), ("trunc", "decode"), ("odd", "evaluate")],
+    [("zero", "decode"), ("text", "decode"), ("trunc", "decode"), ("odd", "ground_truth")],
 )
 def test_process_image_names_the_failing_stage(
     dataset: tuple[Path, Path], tmp_path: Path, name: str, stage: str

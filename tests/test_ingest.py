@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from segflow.ingest import (
+    IGNORE,
     ImageItem,
     hash_items,
     list_images,
@@ -223,6 +224,23 @@ def test_read_ground_truth_from_bytes_and_url(label_png: tuple[Path, np.ndarray]
     np.testing.assert_array_equal(
         read_ground_truth(f"file://{path}", gt_format="instances"), labels
     )
+
+
+@pytest.mark.parametrize("fmt", ["binary", "instances", "classes"])
+def test_read_ground_truth_marks_the_ignore_value(
+    label_png: tuple[Path, np.ndarray], fmt: str
+) -> None:
+    path, labels = label_png
+    plain = read_ground_truth(path, gt_format=fmt)  # type: ignore[arg-type]
+    got = read_ground_truth(path, gt_format=fmt, ignore=300)  # type: ignore[arg-type]
+    hit = labels == 300
+    assert hit.any() and (got[hit] == IGNORE).all()
+    np.testing.assert_array_equal(got[~hit], plain[~hit])
+    # a value no pixel has changes nothing
+    np.testing.assert_array_equal(read_ground_truth(path, gt_format=fmt, ignore=255), plain)  # type: ignore[arg-type]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="ignore must be a label value >= 1"):
+            read_ground_truth(path, gt_format=fmt, ignore=bad)  # type: ignore[arg-type]
 
 
 def test_read_ground_truth_errors(tmp_path: Path, label_png: tuple[Path, np.ndarray]) -> None:

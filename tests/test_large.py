@@ -25,7 +25,7 @@ from segflow.inference import segment_image
 from segflow.ingest import ImageItem
 from segflow.io import ImageReadError, read_image
 from segflow.preprocess import to_float_chw
-from segflow.segmenters.base import Segmenter
+from segflow.segmenters.base import Segmentation, Segmenter
 from segflow.sources import ArraySource, ZarrSource, open_source
 from segflow.synth import huge_header_png
 from segflow.synth_large import NucleiField
@@ -345,6 +345,81 @@ def test_instance_scores_of_a_streamed_labeler(
     want = M.instance_scores(res.label_map(), truth)
     assert want.tp > 50 and want.dsb_score < 0.95
     _same_scores(res.instance_scores, want)
+
+
+def test_ignored_truth_streamed_equals_in_memory(
+    field3k: tuple[NucleiField, Path, Path], tmp_path: Path
+) -> None:
+    """``gt_ignore``: pixels of the ignore value count nowhere, strip by strip as in memory
+    (``read_ground_truth(ignore=...)`` + ``metrics_row``), for objects, a semantic output without
+    objects, and a window-stitched labeler."""
+    import cv2
+
+    from segflow.ingest import IGNORE, read_ground_truth
+
+    _, path, full_truth_path = field3k
+    truth = tifffile.imread(full_truth_path)[:1400, :1300]
+    image = tifffile.imread(path)[:1400, :1300]
+    void = 999_999  # above every object id
+    grown = cv2.dilate((truth > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    truth[grown & (truth == 0)] = void  # VOC-like void borders ...
+    truth[300:420, :] = void  # ... a band across strips ...
+    truth[np.isin(truth, np.arange(5, truth.max() + 1, 9))] = void  # ... and whole objects
+    img_path, truth_path = tmp_path / "v.tif", tmp_path / "v_labels.tif"
+    tifffile.imwrite(img_path, image, tile=(TILE, TILE))
+    tifffile.imwrite(truth_path, truth, tile=(TILE, TILE))
+    marked = read_ground_truth(truth_path, gt_format="instances", ignore=void)
+    assert (marked == IGNORE).sum() > 100_000
+    chw = to_float_chw(read_image(img_path))
+    cases: list[tuple[str, dict[str, object], dict[str, object]]] = [
+        ("otsu", {"min_size": 150}, {}),
+        ("otsu", {"instances": False}, {}),
+        ("multiotsu", {"classes": 3}, {}),
+        ("watershed", {"min_size": 8}, {"tile": 192, "overlap": 48}),
+    ]
+    for name, params, tiling in cases:
+        res = large.segment_streamed(
+            img_path,
+            segmenters.create(name, **params),
+            truth=truth_path,
+            truth_instances=True,
+            truth_ignore=void,
+            strip_rows=STRIP,
+            **tiling,  # type: ignore[arg-type]
+        )
+        if name == "watershed":  # window-stitched ids: score the streamed label map itself
+            seg = Segmentation(
+                classes=(res.label_map() > 0).astype(np.int32), instances=res.label_map()
+            )
+        else:
+            seg = segment_image(segmenters.create(name, **params), chw)
+        row = evaluate.metrics_row(seg, marked, gt_format="instances", ids={})
+        assert res.confusion == (row["fg_tp"], row["fg_fp"], row["fg_fn"], row["fg_tn"]), name
+        got = res.instance_scores
+        assert got is not None
+        assert (got.tp, got.fp, got.fn) == (row["inst_tp"], row["inst_fp"], row["inst_fn"]), name
+        assert got.dsb_score == pytest.approx(row["dsb_score"], rel=1e-12)
+        # and the ignore value mattered
+        plain = large.segment_streamed(
+            img_path,
+            segmenters.create(name, **params),
+            truth=truth_path,
+            truth_instances=True,
+            strip_rows=STRIP,
+            **tiling,  # type: ignore[arg-type]
+        )
+        assert plain.instance_scores is not None and plain.confusion is not None
+        assert plain.instance_scores.fp > got.fp and plain.confusion != res.confusion
+    # binary truth, semantic output: without objects the strips count the pixels
+    binary = read_ground_truth(truth_path, gt_format="binary", ignore=void)
+    for name, params, _ in cases[1:3]:
+        res = large.segment_streamed(
+            img_path, segmenters.create(name, **params), truth=truth_path, truth_ignore=void
+        )
+        assert name != "otsu" or not res.objects  # otsu without instances: strips only
+        seg = segment_image(segmenters.create(name, **params), chw)
+        row = evaluate.metrics_row(seg, binary, gt_format="binary", ids={})
+        assert res.confusion == (row["fg_tp"], row["fg_fp"], row["fg_fn"], row["fg_tn"]), name
 
 
 def test_label_image_written_to_zarr_and_tiff(

@@ -17,6 +17,7 @@ from scipy import ndimage as ndi
 from segflow.overlay import (
     FN_COLOUR,
     FP_COLOUR,
+    IGNORE_COLOUR,
     PRED_CONTOUR_COLOUR,
     PRED_TINT_COLOUR,
     TP_COLOUR,
@@ -75,6 +76,19 @@ def test_fp_fn_tp_pixels_have_their_colours(scene: tuple[np.ndarray, ...]) -> No
     tp_shift = np.abs(out[tp_pixel].astype(int) - GREY).sum()
     fp_shift = np.abs(out[fp_pixel].astype(int) - GREY).sum()
     assert 0 < tp_shift < fp_shift
+
+
+def test_ignored_truth_is_grey_never_an_error(scene: tuple[np.ndarray, ...]) -> None:
+    image, pred, true = scene
+    true = true.copy()
+    true[:, 17:] = -1  # IGNORE: the prediction's right part and the background there
+    out = draw_overlay(image, pred, true)
+    was_fp, ignored_bg = (10, 18), (20, 25)
+    assert pred[was_fp] and true[was_fp] < 0
+    np.testing.assert_array_equal(out[was_fp], _blend(GREY, IGNORE_COLOUR, 0.5))
+    np.testing.assert_array_equal(out[ignored_bg], _blend(GREY, IGNORE_COLOUR, 0.5))
+    np.testing.assert_array_equal(out[10, 16], _blend(GREY, FP_COLOUR, 0.5))  # still an error
+    assert IGNORE_COLOUR not in {TP_COLOUR, FP_COLOUR, FN_COLOUR}
 
 
 def test_contours_lie_on_object_borders(scene: tuple[np.ndarray, ...]) -> None:

@@ -317,6 +317,102 @@ def test_dsb2018_nuclei_real_data(shared_data: Path, tmp_path: Path) -> None:
     assert metrics["fg_iou"].mean() >= 0.75
 
 
+def test_voc_void_border_is_ignored(shared_data: Path, shared_models: Path, tmp_path: Path) -> None:
+    """PASCAL VOC class labels with their 255 "void" border (``gt_ignore=255``), segmented by
+    the real DeepLab TFLite model: the stored class scores are scikit-learn's on the pixels
+    that are not void, computed from the stored masks decoded by pycocotools."""
+    pytest.importorskip("ai_edge_litert", reason="the tflite segmenter needs ai-edge-litert")
+    from sklearn.metrics import jaccard_score
+
+    voc = shared_data / "voc2011_instances" / "data_dataset_voc"
+    model = shared_models / "deeplabv3_mnv2_pascal"
+    config = RunConfig(
+        input=str(voc / "JPEGImages"),
+        out=str(tmp_path / "out"),
+        segmenter="tflite",
+        segmenter_params={
+            "model_path": str(model / "deeplabv3_mnv2_pascal_quant.tflite"),
+            "labels_path": str(model / "pascal_voc_segmentation_labels.txt"),
+        },
+        ground_truth=str(voc / "SegmentationClass"),
+        gt_format="classes",
+        gt_ignore=255,
+    )
+    state, summary = _run(config)
+    assert state.is_completed() and summary["failed"] == 0
+    store = Store(tmp_path / "out")
+    metrics = store.read("metrics").set_index("image_id")
+    masks = store.read("masks")
+    assert len(metrics) == 3
+    void = 0
+    for image_id, row in metrics.iterrows():
+        truth = read_labels(voc / "SegmentationClass" / f"{image_id}.png").astype(np.int64)
+        keep = truth != 255
+        void += int((~keep).sum())
+        pred = np.zeros(truth.shape, dtype=np.int64)
+        for m in masks[masks["image_id"] == image_id].itertuples():
+            rle = {"size": [m.height, m.width], "counts": m.rle_counts.encode()}
+            pred[cocomask.decode(rle).astype(bool)] = m.class_id
+        labels = list(range(21))
+        want = jaccard_score(truth[keep], pred[keep], labels=labels, average=None, zero_division=0)
+        got = np.asarray(row["class_iou"], dtype=float)
+        assert got.shape == (21,)  # 255 is no class
+        present = np.isin(labels, np.union1d(truth[keep], pred[keep]))  # else IoU is undefined
+        np.testing.assert_allclose(got[present], want[present])
+        assert np.isnan(got[~present]).all()
+        assert row["fg_iou"] == pytest.approx(jaccard_score(truth[keep] > 0, pred[keep] > 0))
+        assert row["fg_tp"] + row["fg_fp"] + row["fg_fn"] + row["fg_tn"] == int(keep.sum())
+    assert void > 1000  # VOC draws void borders round (most) objects
+    # the same run without gt_ignore would count the border as a class: another configuration
+    assert config.config_hash() != config.model_copy(update={"gt_ignore": None}).config_hash()
+    assert (tmp_path / "out" / "overlays" / "2011_000003.png").is_file()
+
+
+def test_coco_annotation_file_as_ground_truth(shared_data: Path, tmp_path: Path) -> None:
+    """The real COCO val2017 subset (polygons and one crowd RLE) scored from its JSON file; an
+    image with no entry is segmented without scores."""
+    from pycocotools.coco import COCO
+
+    root = shared_data / "coco_val2017_subset"
+    ann_file = root / "annotations" / "instances_val2017_subset.json"
+    images = tmp_path / "images"
+    images.mkdir()
+    for src in sorted((root / "images").glob("*.jpg")):
+        (images / src.name).symlink_to(src)
+    make_dataset(tmp_path / "extra", n_images=1, size=(64, 64), seed=0)
+    extra = next((tmp_path / "extra" / "images").glob("*.png"))
+    shutil.copy(extra, images / "not_in_the_json.png")
+    config = RunConfig(
+        input=str(images),
+        out=str(tmp_path / "out"),
+        ground_truth=str(ann_file),
+        gt_format="instances",
+    )
+    state, summary = _run(config)
+    assert state.is_completed() and summary["failed"] == 0
+    metrics = Store(tmp_path / "out").read("metrics").set_index("image_id")
+    assert len(metrics) == 11
+    assert not metrics.loc["not_in_the_json", "has_ground_truth"]
+    scored = metrics.drop(index="not_in_the_json")
+    assert scored["has_ground_truth"].all() and scored["inst_f1"].notna().all()
+    coco = COCO(str(ann_file))
+    crowds = 0
+    for img in coco.loadImgs(coco.getImgIds()):
+        row = scored.loc[Path(img["file_name"]).stem]
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))
+        objects = np.zeros((img["height"], img["width"]), dtype=bool)
+        crowd = np.zeros_like(objects)
+        for a in anns:
+            (crowd if a["iscrowd"] else objects)[coco.annToMask(a) > 0] = True
+        # every pixel is counted once, but crowd pixels outside objects not at all
+        counted = row["fg_tp"] + row["fg_fp"] + row["fg_fn"] + row["fg_tn"]
+        assert counted == img["height"] * img["width"] - int((crowd & ~objects).sum())
+        assert row["fg_tp"] + row["fg_fn"] == int(objects.sum())
+        assert row["inst_tp"] + row["inst_fn"] == sum(not a["iscrowd"] for a in anns)
+        crowds += int(crowd.any())
+    assert crowds == 1
+
+
 def test_zarr_stores_in_the_input_folder_are_images(
     dataset: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -1,0 +1,248 @@
+"""COCO instance annotations (one JSON file) as ground truth.
+
+``segflow run IMAGES --ground-truth instances.json`` scores each image against the
+annotations of the COCO ``images`` entry whose ``file_name`` it is:
+
+* **Pairing** (:meth:`CocoGroundTruth.match`): an image's path relative to the listed folder
+  equals the ``file_name`` (``JPEGImages/a.jpg``), or the last parts of one are the other
+  (the folder listed was ``JPEGImages``, or the JSON names ``a.jpg`` and the image lies in a
+  sub-folder); a bare file name pairs only when one entry has it. Images without an entry are
+  segmented without scores, as with a label folder.
+* **Masks** are those of pycocotools (``annToRLE``): polygons, uncompressed and compressed RLE,
+  rasterised at the entry's ``height`` x ``width`` (an image of another size is an error of
+  its ``ground_truth`` stage).
+* **Label map** (:meth:`CocoGroundTruth.labels`), ``(H, W) int32``: ``instances`` gives the
+  n-th non-crowd annotation of the image (in file order) the id ``n``; ``classes`` gives each
+  pixel its annotation's ``category_id``; ``binary`` 1 on any annotation. COCO masks may
+  overlap, a label map cannot: larger objects are painted first, so a smaller object lying on
+  a larger one keeps its pixels (as panoptic conversions do). ``iscrowd`` regions not under an
+  object are :data:`segflow.ingest.IGNORE`: no score counts them, so a prediction on a crowd is
+  neither right nor wrong (COCO's own evaluation ignores detections matched to crowds).
+
+:func:`load_coco` reads a file once per process (cached by location, size and modification
+time), because every image of a run looks it up.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CocoGroundTruth",
+    "CocoImage",
+    "coco_labels",
+    "is_coco_path",
+    "load_coco",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The value of ignored pixels (``segflow.ingest.IGNORE``; repeated here so that this module
+#: does not import the listing code).
+_IGNORE = -1
+
+
+def is_coco_path(source: str | Path) -> bool:
+    """Whether ``--ground-truth`` names a COCO annotation file (a ``.json`` file)."""
+    return str(source).lower().endswith(".json")
+
+
+@dataclass(frozen=True, slots=True)
+class CocoImage:
+    """One entry of the ``images`` list."""
+
+    id: int
+    file_name: str
+    height: int
+    width: int
+
+
+class CocoGroundTruth:
+    """The images, annotations and categories of one COCO annotation file.
+
+    Parameters
+    ----------
+    data : mapping
+        The parsed JSON: ``images`` (``id``, ``file_name``, ``height``, ``width``),
+        ``annotations`` (``image_id``, ``category_id``, ``segmentation``, ``iscrowd``) and
+        ``categories`` (``id``, ``name``).
+    source : str
+        Where it came from, for messages.
+    """
+
+    def __init__(self, data: Mapping[str, Any], *, source: str = "<COCO JSON>") -> None:
+        self.source = source
+        if not isinstance(data, Mapping) or not isinstance(data.get("images"), list):
+            raise ValueError(
+                f"{source} is not a COCO annotation file: it needs an 'images' list "
+                "(and 'annotations', 'categories')"
+            )
+        self.images: dict[str, CocoImage] = {}
+        for entry in data["images"]:
+            try:
+                image = CocoImage(
+                    id=int(entry["id"]),
+                    file_name=posixpath.normpath(str(entry["file_name"]).replace("\\", "/")),
+                    height=int(entry["height"]),
+                    width=int(entry["width"]),
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(
+                    f"{source}: an 'images' entry lacks id, file_name, height or width: "
+                    f"{str(entry)[:120]}"
+                ) from exc
+            self.images[image.file_name] = image
+        self._by_name: dict[str, list[CocoImage]] = {}
+        for image in self.images.values():
+            self._by_name.setdefault(posixpath.basename(image.file_name), []).append(image)
+        self.annotations: dict[int, list[Mapping[str, Any]]] = {}
+        for ann in data.get("annotations") or []:
+            self.annotations.setdefault(int(ann["image_id"]), []).append(ann)
+        self.categories: dict[int, str] = {
+            int(c["id"]): str(c.get("name", c["id"])) for c in data.get("categories") or []
+        }
+
+    def match(self, rel_path: str) -> CocoImage | None:
+        """The entry of the image at ``rel_path`` (relative to the listed folder), or None."""
+        rel = posixpath.normpath(rel_path.replace("\\", "/"))
+        if rel in self.images:
+            return self.images[rel]
+        candidates = self._by_name.get(posixpath.basename(rel), [])
+        tails = [
+            c
+            for c in candidates
+            if c.file_name.endswith("/" + rel) or rel.endswith("/" + c.file_name)
+        ]
+        return tails[0] if len(tails) == 1 else None  # several: ambiguous, left unpaired
+
+    def labels(self, image: CocoImage, *, gt_format: str) -> np.ndarray:
+        """The label map of ``image`` (see the module docstring): ``(H, W) int32``.
+
+        ``gt_format``: ``binary`` | ``instances`` | ``classes``. Raises ``ValueError`` naming
+        the annotation whose segmentation pycocotools cannot read.
+        """
+        if gt_format not in ("binary", "instances", "classes"):
+            raise ValueError(
+                f"gt_format must be one of ('binary', 'instances', 'classes'), got {gt_format!r}"
+            )
+        h, w = image.height, image.width
+        out = np.zeros((h, w), dtype=np.int32)
+        objects: list[tuple[int, int, np.ndarray]] = []  # (area, value, mask)
+        crowd = np.zeros((h, w), dtype=bool)
+        n = 0
+        for ann in self.annotations.get(image.id, []):
+            mask = self._mask(ann, h, w)
+            if ann.get("iscrowd"):
+                crowd |= mask
+                continue
+            n += 1
+            value = {"instances": n, "classes": int(ann["category_id"]), "binary": 1}[gt_format]
+            objects.append((int(np.count_nonzero(mask)), value, mask))
+        out[crowd] = _IGNORE
+        # larger first: a small object on a large one keeps its pixels; ties in file order
+        for _, value, mask in sorted(objects, key=lambda o: -o[0]):
+            out[mask] = value
+        return out
+
+    def _mask(self, ann: Mapping[str, Any], h: int, w: int) -> np.ndarray:
+        """pycocotools' ``annToMask``: polygons, uncompressed or compressed RLE -> (H, W) bool."""
+        from pycocotools import mask as cocomask
+
+        segm = ann.get("segmentation")
+        try:
+            if isinstance(segm, list):  # polygons: one RLE per part, merged
+                rle = cocomask.merge(cocomask.frPyObjects(segm, h, w))
+            elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):
+                rle = cocomask.frPyObjects(segm, h, w)
+            elif isinstance(segm, dict):
+                counts = segm["counts"]
+                rle = {
+                    "size": list(segm["size"]),
+                    "counts": counts.encode() if isinstance(counts, str) else counts,
+                }
+                if tuple(rle["size"]) != (h, w):
+                    raise ValueError(f"RLE size {rle['size']} differs from the image's {[h, w]}")
+            else:
+                raise ValueError(f"segmentation must be polygons or an RLE, got {type(segm)}")
+            return np.asarray(cocomask.decode(rle), dtype=bool)
+        except Exception as exc:
+            raise ValueError(
+                f"{self.source}: annotation {ann.get('id')!r} of image {ann.get('image_id')!r} "
+                f"has a segmentation pycocotools cannot read: {exc}"
+            ) from exc
+
+
+def _read_json(source: str) -> Any:
+    import fsspec
+
+    with fsspec.open(source, "rb") as fh:
+        return json.load(fh)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(source: str, size: int | None, mtime: float | None) -> CocoGroundTruth:
+    # size and mtime are only part of the cache key: an edited file is read again
+    return CocoGroundTruth(_read_json(source), source=source)
+
+
+def load_coco(source: str | Path) -> CocoGroundTruth:
+    """The COCO annotation file at ``source`` (path or fsspec URL), read once per process.
+
+    Raises ``FileNotFoundError`` when it is missing and ``ValueError`` when it is not COCO.
+    """
+    import fsspec
+
+    text = str(source)
+    fs, path = fsspec.core.url_to_fs(text)
+    if not fs.isfile(path):
+        raise FileNotFoundError(f"COCO annotation file not found: {text}")
+    info = fs.info(path)
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
+    try:
+        mtime_key = float(mtime) if mtime is not None else None
+    except (TypeError, ValueError):
+        mtime_key = None
+    try:
+        return _load(text, info.get("size"), mtime_key)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{text} is not valid JSON: {exc}") from exc
+
+
+def coco_labels(
+    source: str | Path,
+    file_name: str,
+    *,
+    gt_format: str,
+    shape: tuple[int, int] | None = None,
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """The label map of the entry ``file_name`` of the COCO file at ``source``.
+
+    ``shape``: the image's ``(H, W)``; an entry of another size is refused before anything is
+    drawn. ``max_pixels``: refuse an entry whose ``height`` x ``width`` is larger (as image
+    headers are).
+    """
+    coco = load_coco(source)
+    image = coco.images.get(file_name)
+    if image is None:
+        raise ValueError(f"{source} has no image entry with file_name {file_name!r}")
+    if shape is not None and (image.height, image.width) != tuple(shape):
+        raise ValueError(
+            f"{source}: the entry {file_name!r} is {image.height} x {image.width} (height x "
+            f"width), the image {shape[0]} x {shape[1]}: ground truth shape differs"
+        )
+    if max_pixels is not None and image.height * image.width > max_pixels:
+        raise ValueError(
+            f"{source}: {file_name} is {image.width} x {image.height}, more than max_pixels "
+            f"({max_pixels})"
+        )
+    return coco.labels(image, gt_format=gt_format)
