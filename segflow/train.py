@@ -105,6 +105,7 @@ __all__ = [
     "format_result",
     "is_validation",
     "list_pairs",
+    "lovasz_hinge",
     "load_sample",
     "plot_curves",
     "split_pairs",
@@ -176,6 +177,12 @@ class TrainConfig(BaseModel):
         "bright-field, H&E) is drawn for a crop, relative to the others",
     )
     intensity: bool = True
+    loss: Literal["dice_bce", "lovasz_bce"] = Field(
+        default="dice_bce",
+        description="loss of the foreground head (binary/instances): Dice over the batch + BCE, "
+        "or the Lovasz hinge per crop + BCE (a convex surrogate of each image's foreground "
+        "IoU, the score segflow reports; for fine-tuning a trained model)",
+    )
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     val_max_images: int | None = Field(default=None, ge=1)
     max_images: int | None = Field(
@@ -237,6 +244,8 @@ class TrainConfig(BaseModel):
             saved["workers"] = True
         if self.inverted_weight == 1.0:  # as before the field existed
             saved.pop("inverted_weight")
+        if self.loss == "dice_bce":  # likewise
+            saved.pop("loss")
         return saved
 
 
@@ -482,8 +491,39 @@ def _epoch_batches(
 # loss, reports
 
 
-def _loss(raw: Any, target: Any, *, label_kind: str) -> Any:
-    """Dice + BCE per head (binary/instances) or Dice + CE (classes); ``raw`` are logits."""
+def lovasz_hinge(logits: Any, labels: Any) -> Any:
+    """Lovasz hinge loss of binary masks, per image, averaged (Berman et al., CVPR 2018).
+
+    ``logits`` (N, H, W) float tensor, ``labels`` (N, H, W) float tensor of 0/1. The Lovasz
+    extension of the Jaccard loss applied to the hinge errors ``1 - logit * (2 label - 1)``: for
+    logits of +-1 (a hard mask) it equals ``2 * (1 - IoU)`` of that mask, and it is convex and
+    piecewise linear in the logits. An image without foreground gets the largest hinge error
+    (its IoU is 0 as soon as one pixel is predicted).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    losses = []
+    for logit, label in zip(logits, labels, strict=True):
+        logit, label = logit.reshape(-1), label.reshape(-1)
+        errors = 1.0 - logit * (2.0 * label - 1.0)
+        errors_sorted, order = torch.sort(errors, descending=True)
+        gt_sorted = label[order]
+        positives = gt_sorted.sum()
+        intersection = positives - gt_sorted.cumsum(0)
+        union = positives + (1.0 - gt_sorted).cumsum(0)
+        jaccard = 1.0 - intersection / union
+        grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])  # gradient of the extension
+        losses.append(torch.dot(F.relu(errors_sorted), grad))
+    return torch.stack(losses).mean()
+
+
+def _loss(raw: Any, target: Any, *, label_kind: str, loss: str = "dice_bce") -> Any:
+    """Dice + BCE per head (binary/instances) or Dice + CE (classes); ``raw`` are logits.
+
+    ``loss="lovasz_bce"``: the foreground head (channel 0) takes :func:`lovasz_hinge` + BCE
+    instead; a boundary head keeps Dice + BCE.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -500,6 +540,9 @@ def _loss(raw: Any, target: Any, *, label_kind: str) -> Any:
     for c in range(target.shape[1]):
         logit, t = raw[:, c], target[:, c]
         bce = F.binary_cross_entropy_with_logits(logit, t)
+        if c == 0 and loss == "lovasz_bce":
+            total = total + bce + lovasz_hinge(logit, t)
+            continue
         p = torch.sigmoid(logit)
         dice = 1.0 - (2 * (p * t).sum() + eps) / (p.sum() + t.sum() + eps)
         total = total + bce + dice
@@ -614,7 +657,14 @@ def _validate(
             raw = model(x)[:, :, :h, :w]
             tgt = _targets(sample.labels[None], config)
             losses.append(
-                float(_loss(raw, torch.from_numpy(tgt).to(device), label_kind=config.label_kind))
+                float(
+                    _loss(
+                        raw,
+                        torch.from_numpy(tgt).to(device),
+                        label_kind=config.label_kind,
+                        loss=config.loss,
+                    )
+                )
             )
             raw_np = raw[0].float().cpu().numpy()
             if config.label_kind == "classes":
@@ -846,7 +896,7 @@ def train(
                     enabled=cuda_amp or cpu_amp,
                 ):
                     raw = model(x)
-                loss = _loss(raw.float(), y, label_kind=config.label_kind)
+                loss = _loss(raw.float(), y, label_kind=config.label_kind, loss=config.loss)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
@@ -1020,6 +1070,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "relative to the others (default 1)",
     )
     parser.add_argument(
+        "--loss",
+        choices=["dice_bce", "lovasz_bce"],
+        default="dice_bce",
+        help="foreground loss: Dice + BCE (default) or the per-image Lovasz hinge + BCE, an "
+        "IoU surrogate for fine-tuning (--init-from)",
+    )
+    parser.add_argument(
         "--time-limit",
         type=float,
         default=None,
@@ -1083,6 +1140,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         threads=args.threads,
         workers=args.workers,
         inverted_weight=args.inverted_weight,
+        loss=args.loss,
         time_limit_s=args.time_limit,
         max_images=args.max_images,
         val_max_images=args.val_max_images,

@@ -410,6 +410,73 @@ def test_init_from_starts_with_the_given_weights(synth: Path, tmp_path: Path) ->
         )
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_lovasz_hinge_of_a_hard_mask_is_twice_its_jaccard_loss(seed: int) -> None:
+    """At logits of +-1 the Lovasz extension equals the set function: 2 * (1 - IoU), per image
+    (scikit-learn's jaccard_score as the oracle), averaged over the batch."""
+    import torch
+    from sklearn.metrics import jaccard_score
+
+    from segflow.train import lovasz_hinge
+
+    rng = np.random.default_rng(seed)
+    truth = rng.random((3, 12, 10)) < 0.3
+    pred = truth ^ (rng.random((3, 12, 10)) < 0.15)  # some pixels flipped
+    logits = torch.from_numpy(np.where(pred, 1.0, -1.0))
+    got = float(lovasz_hinge(logits, torch.from_numpy(truth.astype(np.float64))))
+    want = np.mean(
+        [2 * (1 - jaccard_score(t.ravel(), p.ravel())) for t, p in zip(truth, pred, strict=True)]
+    )
+    assert got == pytest.approx(want, rel=1e-12)
+    # right and confident: no loss; an empty truth pays for its largest error only
+    assert (
+        float(
+            lovasz_hinge(
+                3 * (2 * torch.from_numpy(truth[:1]).double() - 1),
+                torch.from_numpy(truth[:1]).double(),
+            )
+        )
+        == 0.0
+    )
+    empty = torch.zeros((1, 4, 4), dtype=torch.float64)
+    logits = torch.full((1, 4, 4), -2.0, dtype=torch.float64)
+    logits[0, 1, 1] = 0.5
+    assert float(lovasz_hinge(logits, empty)) == pytest.approx(1.5)
+
+
+def test_lovasz_fine_tuning_lowers_the_loss_and_is_part_of_the_fingerprint(
+    synth: Path, tmp_path: Path
+) -> None:
+    result = train(
+        _config(
+            synth,
+            tmp_path / "l",
+            epochs=3,
+            steps_per_epoch=6,
+            lr=1e-2,
+            loss="lovasz_bce",
+            val_max_images=1,
+            export_onnx=False,
+        )
+    )
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    # a run cannot resume with another loss; the default loss keeps old fingerprints
+    with pytest.raises(ValueError, match=r"cannot resume .*\['loss'\]"):
+        train(
+            _config(
+                synth,
+                tmp_path / "l",
+                epochs=4,
+                steps_per_epoch=6,
+                lr=1e-2,
+                export_onnx=False,
+                val_max_images=1,
+            )
+        )
+    assert "loss" not in _config(synth, tmp_path / "x").fingerprint()
+
+
 def test_command_line_arguments_build_the_config() -> None:
     import argparse
 
@@ -437,6 +504,8 @@ def test_command_line_arguments_build_the_config() -> None:
             "prev/best",
             "--time-limit",
             "60",
+            "--loss",
+            "lovasz_bce",
             "--no-onnx",
             "--inverted-weight",
             "2.5",
@@ -450,6 +519,7 @@ def test_command_line_arguments_build_the_config() -> None:
     assert cfg.decoder_channels == [32, 16, 8] and cfg.encoder_depth == 3 and cfg.epochs == 4
     assert cfg.cpu_bf16 and cfg.class_names == ["background", "nucleus"]
     assert cfg.init_from == "prev/best" and cfg.time_limit_s == 60 and not cfg.export_onnx
+    assert cfg.loss == "lovasz_bce"
     with pytest.raises(ValueError, match="decoder_channels needs 3 entries"):
         config_from_args(parser.parse_args(["i", "l", "--out", "o", "--encoder-depth", "3"]))
     text = format_result(
