@@ -105,8 +105,8 @@ __all__ = [
     "format_result",
     "is_validation",
     "list_pairs",
-    "lovasz_hinge",
     "load_sample",
+    "lovasz_hinge",
     "plot_curves",
     "split_pairs",
     "train",
@@ -189,6 +189,12 @@ class TrainConfig(BaseModel):
         default=None, ge=2, description="use only the first N pairs (tests)"
     )
     seed: int = Field(default=0, ge=0)
+    split_seed: int | None = Field(
+        default=None,
+        ge=0,
+        description="seed of the train/validation split (default: seed), so that another "
+        "seed can draw other crops on the same split",
+    )
     patience: int = Field(default=6, ge=1, description="epochs without improvement before stopping")
     min_delta: float = Field(default=1e-4, ge=0)
     device: str = "auto"
@@ -246,6 +252,8 @@ class TrainConfig(BaseModel):
             saved.pop("inverted_weight")
         if self.loss == "dice_bce":  # likewise
             saved.pop("loss")
+        if self.split_seed is None:  # likewise
+            saved.pop("split_seed")
         return saved
 
 
@@ -784,11 +792,12 @@ def train(
     if config.max_images is not None:
         pairs = pairs[: config.max_images]
     data_hash = file_list_hash(pairs)
-    train_pairs, val_pairs = split_pairs(pairs, val_fraction=config.val_fraction, seed=config.seed)
+    split_seed = config.seed if config.split_seed is None else config.split_seed
+    train_pairs, val_pairs = split_pairs(pairs, val_fraction=config.val_fraction, seed=split_seed)
     (out / "split.json").write_text(
         json.dumps(
             {
-                "rule": f"validation when int(sha256('{config.seed}:' + stem), 16) % 10000 < "
+                "rule": f"validation when int(sha256('{split_seed}:' + stem), 16) % 10000 < "
                 f"{round(config.val_fraction * 10000)}",
                 "file_list_sha256": data_hash,
                 "train": [p[0] for p in train_pairs],
@@ -1053,6 +1062,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--val-fraction", type=float, default=d["val_fraction"].default)
     parser.add_argument("--patience", type=int, default=d["patience"].default)
     parser.add_argument("--seed", type=int, default=d["seed"].default)
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=None,
+        help="seed of the train/validation split (default: --seed)",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
@@ -1136,6 +1151,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         val_fraction=args.val_fraction,
         patience=args.patience,
         seed=args.seed,
+        split_seed=args.split_seed,
         device=args.device,
         threads=args.threads,
         workers=args.workers,

@@ -477,6 +477,23 @@ def test_lovasz_fine_tuning_lowers_the_loss_and_is_part_of_the_fingerprint(
     assert "loss" not in _config(synth, tmp_path / "x").fingerprint()
 
 
+def test_split_seed_keeps_the_split_while_the_seed_changes_the_crops(
+    synth: Path, tmp_path: Path
+) -> None:
+    runs = {}
+    for name, kw in (("a", {"seed": 0}), ("b", {"seed": 1}), ("c", {"seed": 1, "split_seed": 0})):
+        result = train(
+            _config(synth, tmp_path / name, epochs=1, steps_per_epoch=2, export_onnx=False, **kw)
+        )
+        runs[name] = (json.loads((tmp_path / name / "split.json").read_text()), result)
+    assert runs["a"][0]["validation"] != runs["b"][0]["validation"]  # the seed moves the split
+    assert runs["c"][0]["validation"] == runs["a"][0]["validation"]  # unless split_seed holds it
+    assert runs["c"][0]["rule"] == runs["a"][0]["rule"]
+    # the crops follow the seed: another training loss than the seed-0 run
+    assert runs["c"][1].history[0]["train_loss"] != runs["a"][1].history[0]["train_loss"]
+    assert "split_seed" not in _config(synth, tmp_path / "x").fingerprint()
+
+
 def test_command_line_arguments_build_the_config() -> None:
     import argparse
 
@@ -506,6 +523,8 @@ def test_command_line_arguments_build_the_config() -> None:
             "60",
             "--loss",
             "lovasz_bce",
+            "--split-seed",
+            "0",
             "--no-onnx",
             "--inverted-weight",
             "2.5",
@@ -519,7 +538,7 @@ def test_command_line_arguments_build_the_config() -> None:
     assert cfg.decoder_channels == [32, 16, 8] and cfg.encoder_depth == 3 and cfg.epochs == 4
     assert cfg.cpu_bf16 and cfg.class_names == ["background", "nucleus"]
     assert cfg.init_from == "prev/best" and cfg.time_limit_s == 60 and not cfg.export_onnx
-    assert cfg.loss == "lovasz_bce"
+    assert cfg.loss == "lovasz_bce" and cfg.split_seed == 0
     with pytest.raises(ValueError, match="decoder_channels needs 3 entries"):
         config_from_args(parser.parse_args(["i", "l", "--out", "o", "--encoder-depth", "3"]))
     text = format_result(
