@@ -306,23 +306,78 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return status
 
 
+def _store_root(out: str, command: str) -> Path | None:
+    """The store under ``out`` (``out`` itself, or ``out/store`` as ``segflow demo`` writes it);
+    None (after saying so) when ``out`` is no folder."""
+    root = Path(out)
+    if "://" not in out and not root.is_dir():
+        sys.stderr.write(f"segflow {command}: {out} is not a folder\n")
+        return None
+    if (root / "store" / "metrics").is_dir() and not (root / "metrics").is_dir():
+        return root / "store"
+    return root
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from segflow.store import Store
 
-    root = Path(args.out)
-    if "://" not in args.out and not root.is_dir():
-        sys.stderr.write(f"segflow show: {args.out} is not a folder\n")
+    store_root = _store_root(args.out, "show")
+    if store_root is None:
         return 2
-    store_root = (
-        root / "store"
-        if (root / "store" / "metrics").is_dir() and not (root / "metrics").is_dir()
-        else root
-    )
     info = Store(store_root).summary()
     if args.json:
         _echo(json.dumps(info, indent=2, default=str))
     else:
         _echo(format_store_summary(info))
+    return 0
+
+
+def cmd_coco_eval(args: argparse.Namespace) -> int:
+    """COCO mask AP of each configuration in a store (see :func:`segflow.coco.mask_ap`)."""
+    from segflow.coco import load_coco, mask_ap
+    from segflow.store import Store
+
+    store_root = _store_root(args.out, "coco-eval")
+    if store_root is None:
+        return 2
+    try:
+        coco = load_coco(args.annotations)
+    except (FileNotFoundError, ValueError) as exc:
+        return _usage_error(exc)
+    store = Store(store_root)
+    masks = store.read("masks")
+    metrics = store.read("metrics", columns=["config_hash", "segmenter"])
+    hashes = sorted(set(masks["config_hash"]))
+    if args.config_hash:
+        hashes = [h for h in hashes if h == args.config_hash]
+    if not hashes:
+        sys.stderr.write(f"segflow coco-eval: no masks rows in {store_root} to evaluate\n")
+        return 1
+    segmenter = dict(zip(metrics["config_hash"], metrics["segmenter"], strict=True))
+    results = []
+    for config_hash in hashes:
+        try:
+            scores = mask_ap(
+                masks[masks["config_hash"] == config_hash], coco, class_agnostic=args.class_agnostic
+            )
+        except ValueError as exc:
+            sys.stderr.write(f"segflow coco-eval: {config_hash}: {exc}\n")
+            return 1
+        results.append(
+            {"config_hash": config_hash, "segmenter": segmenter.get(config_hash), **scores}
+        )
+    if args.json:
+        _echo(json.dumps(results, indent=2))
+        return 0
+    _echo("config_hash        segmenter      images  detections  AP     AP50   AP75   AR100")
+    for r in results:
+        _echo(
+            f"{r['config_hash']:<18} {r['segmenter']!s:<14} {r['n_images']:>6}  "
+            f"{r['n_detections']:>10}  {r['AP']:.3f}  {r['AP50']:.3f}  {r['AP75']:.3f}  "
+            f"{r['AR100']:.3f}"
+        )
+        if r["unmatched_images"]:
+            _echo(f"  {len(r['unmatched_images'])} image(s) without an entry left out")
     return 0
 
 
@@ -539,6 +594,23 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("out", help="folder of the store (the --out of segflow run)")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=cmd_show)
+
+    coco_eval = sub.add_parser(
+        "coco-eval",
+        help="COCO mask AP of a store's masks against a COCO annotation file",
+        description="pycocotools' COCOeval (segm) of each configuration's masks rows: AP at IoU "
+        "0.50:0.95, 0.50, 0.75 and AR at 100 detections, over the images with an entry.",
+    )
+    coco_eval.add_argument("out", help="folder of the store (the --out of segflow run)")
+    coco_eval.add_argument("--annotations", required=True, help="COCO annotation file (.json)")
+    coco_eval.add_argument("--config-hash", default=None, help="only this configuration")
+    coco_eval.add_argument(
+        "--class-agnostic",
+        action="store_true",
+        help="match masks to objects of any category (segmenters without COCO categories)",
+    )
+    coco_eval.add_argument("--json", action="store_true", help="print JSON")
+    coco_eval.set_defaults(func=cmd_coco_eval)
 
     from segflow.train import add_train_arguments
 

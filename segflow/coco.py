@@ -21,6 +21,13 @@ annotations of the COCO ``images`` entry whose ``file_name`` it is:
 
 :func:`load_coco` reads a file once per process (cached by location, size and modification
 time), because every image of a run looks it up.
+
+**COCO mask AP** (:func:`mask_ap`, ``segflow coco-eval OUT --annotations FILE``): the ``masks``
+rows of a store (COCO RLE, score, class) are the detections of pycocotools' ``COCOeval`` with
+``iouType="segm"``: AP at IoU 0.50:0.95, 0.50 and 0.75, by object size, and AR at 1, 10 and 100
+detections, for the images of the store that have an entry. ``class_agnostic`` (``useCats=0``)
+for segmenters whose classes are not the file's categories (``otsu``'s "foreground"); otherwise
+``class_id`` must be the ``category_id`` (as torchvision's Mask R-CNN gives them).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import functools
 import json
 import logging
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +44,13 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "AP_NAMES",
     "CocoGroundTruth",
     "CocoImage",
     "coco_labels",
     "is_coco_path",
     "load_coco",
+    "mask_ap",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,6 +90,7 @@ class CocoGroundTruth:
 
     def __init__(self, data: Mapping[str, Any], *, source: str = "<COCO JSON>") -> None:
         self.source = source
+        self.data = data
         if not isinstance(data, Mapping) or not isinstance(data.get("images"), list):
             raise ValueError(
                 f"{source} is not a COCO annotation file: it needs an 'images' list "
@@ -101,6 +111,7 @@ class CocoGroundTruth:
                     f"{str(entry)[:120]}"
                 ) from exc
             self.images[image.file_name] = image
+        self._by_stem: dict[str, list[CocoImage]] | None = None
         self._by_name: dict[str, list[CocoImage]] = {}
         for image in self.images.values():
             self._by_name.setdefault(posixpath.basename(image.file_name), []).append(image)
@@ -116,13 +127,23 @@ class CocoGroundTruth:
         rel = posixpath.normpath(rel_path.replace("\\", "/"))
         if rel in self.images:
             return self.images[rel]
-        candidates = self._by_name.get(posixpath.basename(rel), [])
-        tails = [
-            c
-            for c in candidates
-            if c.file_name.endswith("/" + rel) or rel.endswith("/" + c.file_name)
-        ]
-        return tails[0] if len(tails) == 1 else None  # several: ambiguous, left unpaired
+        return _tail_match(
+            rel, self._by_name.get(posixpath.basename(rel), []), lambda c: c.file_name
+        )
+
+    def match_id(self, image_id: str) -> CocoImage | None:
+        """:meth:`match` for a store's ``image_id`` (the relative path without its extension)."""
+        if self._by_stem is None:
+            self._by_stem = {}
+            for image in self.images.values():
+                stem = posixpath.splitext(posixpath.basename(image.file_name))[0]
+                self._by_stem.setdefault(stem, []).append(image)
+        rel = posixpath.normpath(image_id.replace("\\", "/"))
+        return _tail_match(
+            rel,
+            self._by_stem.get(posixpath.basename(rel), []),
+            lambda c: posixpath.splitext(c.file_name)[0],
+        )
 
     def labels(self, image: CocoImage, *, gt_format: str) -> np.ndarray:
         """The label map of ``image`` (see the module docstring): ``(H, W) int32``.
@@ -179,6 +200,143 @@ class CocoGroundTruth:
                 f"{self.source}: annotation {ann.get('id')!r} of image {ann.get('image_id')!r} "
                 f"has a segmentation pycocotools cannot read: {exc}"
             ) from exc
+
+
+def _tail_match(
+    rel: str, candidates: list[CocoImage], key: Callable[[CocoImage], str]
+) -> CocoImage | None:
+    """The one candidate whose ``key`` is ``rel``, or ends with it, or is how ``rel`` ends."""
+    hits = [
+        c
+        for c in candidates
+        if key(c) == rel or key(c).endswith("/" + rel) or rel.endswith("/" + key(c))
+    ]
+    return hits[0] if len(hits) == 1 else None  # several: ambiguous, left unpaired
+
+
+#: The names of ``COCOeval.stats`` for masks, in its order.
+AP_NAMES: tuple[str, ...] = (
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_small",
+    "AP_medium",
+    "AP_large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
+)
+
+
+def mask_ap(masks: Any, coco: CocoGroundTruth, *, class_agnostic: bool = False) -> dict[str, Any]:
+    """COCO mask AP of a store's ``masks`` rows against ``coco`` (pycocotools' ``COCOeval``).
+
+    Parameters
+    ----------
+    masks : pandas DataFrame
+        ``masks`` rows of one configuration: ``image_id``, ``class_id``, ``score``, ``height``,
+        ``width``, ``rle_counts``.
+    coco : CocoGroundTruth
+    class_agnostic : bool
+        Match predictions to objects of any category (``useCats=0``).
+
+    Returns
+    -------
+    dict
+        :data:`AP_NAMES` (floats; -1 where COCOeval has no object of that size) and
+        ``n_images`` (images with an entry), ``n_detections``, ``unmatched_images`` (image ids
+        of ``masks`` without an entry, left out).
+    """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    # pycocotools' useCats=0 still drops detections of categories the file does not list:
+    # class-agnostic detections take any listed one
+    any_category = min(coco.categories) if class_agnostic and coco.categories else None
+    entries: dict[str, CocoImage] = {}
+    unmatched: list[str] = []
+    for image_id in sorted(set(masks["image_id"])):
+        entry = coco.match_id(str(image_id))
+        if entry is None:
+            unmatched.append(str(image_id))
+        else:
+            entries[str(image_id)] = entry
+    detections = []
+    for row in masks.itertuples(index=False):
+        entry = entries.get(str(row.image_id))
+        if entry is None:
+            continue
+        if (int(row.height), int(row.width)) != (entry.height, entry.width):
+            raise ValueError(
+                f"masks of {row.image_id} are {row.height} x {row.width}, its COCO entry "
+                f"{entry.file_name!r} is {entry.height} x {entry.width}"
+            )
+        detections.append(
+            {
+                "image_id": entry.id,
+                "category_id": int(row.class_id) if any_category is None else any_category,
+                "segmentation": {
+                    "size": [int(row.height), int(row.width)],
+                    "counts": row.rle_counts,
+                },
+                "score": float(row.score) if row.score == row.score else 1.0,  # NaN: no score
+            }
+        )
+    out: dict[str, Any] = {
+        "n_images": len(entries),
+        "n_detections": len(detections),
+        "unmatched_images": unmatched,
+    }
+    if not entries:
+        raise ValueError(f"no image of the masks has an entry in {coco.source}")
+    quiet = io.StringIO()  # pycocotools prints its progress and table
+    with contextlib.redirect_stdout(quiet):
+        gt = COCO()
+        gt.dataset = _with_areas(coco.data)
+        gt.createIndex()
+        if not detections:
+            out.update(dict.fromkeys(AP_NAMES, 0.0))
+            return out
+        dt = gt.loadRes(detections)
+        ev = COCOeval(gt, dt, iouType="segm")
+        ev.params.imgIds = sorted(e.id for e in entries.values())
+        ev.params.useCats = 0 if class_agnostic else 1
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    out.update({name: float(v) for name, v in zip(AP_NAMES, ev.stats, strict=True)})
+    return out
+
+
+def _with_areas(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with every annotation's ``area`` and ``iscrowd`` (COCOeval reads both)."""
+    from pycocotools import mask as cocomask
+
+    sizes = {int(i["id"]): (int(i["height"]), int(i["width"])) for i in data["images"]}
+    anns = []
+    for ann in data.get("annotations") or []:
+        if "area" not in ann or "iscrowd" not in ann:
+            ann = dict(ann)
+            ann.setdefault("iscrowd", 0)
+            if "area" not in ann:
+                h, w = sizes[int(ann["image_id"])]
+                segm = ann["segmentation"]
+                rle = (
+                    cocomask.merge(cocomask.frPyObjects(segm, h, w))
+                    if isinstance(segm, list)
+                    else cocomask.frPyObjects(segm, h, w)
+                    if isinstance(segm.get("counts"), list)
+                    else segm
+                )
+                ann["area"] = float(cocomask.area(rle))
+        anns.append(ann)
+    return {**data, "annotations": anns, "categories": data.get("categories") or []}
 
 
 def _read_json(source: str) -> Any:

@@ -309,3 +309,116 @@ def test_voc_coco_file_matches_its_label_pngs(shared_data: Path) -> None:
         voc = read_labels(root / "data_dataset_voc" / "SegmentationClass" / f"{name}.png")
         keep = voc != 255
         assert (classes[keep] == voc[keep]).mean() > 0.97
+
+
+# -- COCO mask AP of a store's masks rows -----------------------------------------------------
+
+
+def _mask_rows(dets: list[dict[str, Any]]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {
+                "image_id": d["store_id"],
+                "class_id": d["category_id"],
+                "score": d["score"],
+                "height": H,
+                "width": W,
+                "rle_counts": d["segmentation"]["counts"],
+            }
+            for d in dets
+        ]
+    )
+
+
+def _detections(coco_file: Path, seed: int) -> list[dict[str, Any]]:
+    """Each object of the file, shifted by 0-3 pixels, a random score, plus one spurious mask."""
+    rng = np.random.default_rng(seed)
+    masks, _ = _oracle(coco_file, 7)
+    extra, _ = _oracle(coco_file, 9)
+    cats = {7: [3, 5, 1], 9: [3]}
+    dets = []
+    for image_id, store_id, objects in ((7, "sub/a", masks), (9, "b", extra)):
+        for mask, cat in zip(objects, cats[image_id], strict=True):
+            shifted = np.roll(mask, int(rng.integers(0, 4)), axis=1)
+            dets.append(
+                {
+                    "image_id": image_id,
+                    "store_id": store_id,
+                    "category_id": cat,
+                    "segmentation": _compressed(shifted),
+                    "score": float(rng.random()),
+                }
+            )
+    dets.append(
+        {
+            "image_id": 7,
+            "store_id": "sub/a",
+            "category_id": 3,
+            "segmentation": _compressed(_disk(5, 5, 4)),
+            "score": 0.99,
+        }
+    )
+    return dets
+
+
+@pytest.mark.parametrize(("seed", "agnostic"), [(0, False), (1, False), (2, True)])
+def test_mask_ap_is_cocoevals(coco_file: Path, seed: int, agnostic: bool) -> None:
+    """The oracle: pycocotools' COCOeval run here on the same detections as a results list."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    from segflow.coco import AP_NAMES, mask_ap
+
+    dets = _detections(coco_file, seed)
+    got = mask_ap(_mask_rows(dets), load_coco(coco_file), class_agnostic=agnostic)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(coco_file))
+        for ann in gt.dataset["annotations"]:  # COCOeval needs the areas our file leaves out
+            ann["area"] = float(cocomask.area(gt.annToRLE(ann)))
+        gt.createIndex()
+        dt = gt.loadRes([{k: v for k, v in d.items() if k != "store_id"} for d in dets])
+        ev = COCOeval(gt, dt, iouType="segm")
+        ev.params.useCats = 0 if agnostic else 1
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert [got[k] for k in AP_NAMES] == pytest.approx(list(ev.stats), abs=1e-12)
+    assert got["n_images"] == 2 and got["n_detections"] == len(dets)
+    assert 0.0 < got["AP"] < 1.0
+
+
+def test_mask_ap_of_the_truth_itself_is_one_and_wrong_classes_need_agnostic(
+    coco_file: Path,
+) -> None:
+    from segflow.coco import mask_ap
+
+    masks, _ = _oracle(coco_file, 7)
+    rows = _mask_rows(
+        [
+            {"store_id": "sub/a", "category_id": cat, "score": 1.0, "segmentation": _compressed(m)}
+            for m, cat in zip(masks, (3, 5, 1), strict=True)
+        ]
+        + [
+            {
+                "store_id": "not/there",
+                "category_id": 1,
+                "score": 1.0,
+                "segmentation": _compressed(masks[0]),
+            }
+        ]
+    )
+    coco = load_coco(coco_file)
+    exact = mask_ap(rows, coco)
+    assert exact["AP"] == pytest.approx(1.0) and exact["AR100"] == pytest.approx(1.0)
+    assert exact["unmatched_images"] == ["not/there"] and exact["n_images"] == 1
+    wrong = rows.assign(class_id=99)  # not a category: nothing matches unless agnostic
+    assert mask_ap(wrong, coco)["AP"] == 0.0
+    assert mask_ap(wrong, coco, class_agnostic=True)["AP"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="are 61 x 80"):
+        mask_ap(rows.assign(height=61), coco)
+    with pytest.raises(ValueError, match="no image of the masks has an entry"):
+        mask_ap(rows[rows["image_id"] == "not/there"], coco)

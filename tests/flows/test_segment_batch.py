@@ -368,7 +368,9 @@ def test_voc_void_border_is_ignored(shared_data: Path, shared_models: Path, tmp_
     assert (tmp_path / "out" / "overlays" / "2011_000003.png").is_file()
 
 
-def test_coco_annotation_file_as_ground_truth(shared_data: Path, tmp_path: Path) -> None:
+def test_coco_annotation_file_as_ground_truth(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The real COCO val2017 subset (polygons and one crowd RLE) scored from its JSON file; an
     image with no entry is segmented without scores."""
     from pycocotools.coco import COCO
@@ -411,6 +413,21 @@ def test_coco_annotation_file_as_ground_truth(shared_data: Path, tmp_path: Path)
         assert row["inst_tp"] + row["inst_fn"] == sum(not a["iscrowd"] for a in anns)
         crowds += int(crowd.any())
     assert crowds == 1
+    # segflow coco-eval: pycocotools' mask AP of the stored masks (tests/test_coco.py checks the
+    # numbers against COCOeval; here the store and the command line)
+    import json
+
+    from segflow.cli import main
+
+    capsys.readouterr()
+    argv = ["coco-eval", str(tmp_path / "out"), "--annotations", str(ann_file), "--json"]
+    assert main([*argv, "--class-agnostic"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    masks = Store(tmp_path / "out").read("masks")
+    assert result["segmenter"] == "otsu" and result["n_images"] == 10
+    assert result["unmatched_images"] == ["not_in_the_json"]
+    assert result["n_detections"] == int((masks["image_id"] != "not_in_the_json").sum())
+    assert 0.0 <= result["AP"] <= result["AP50"] <= 1.0 and result["AR100"] > 0.0
 
 
 def test_zarr_stores_in_the_input_folder_are_images(
