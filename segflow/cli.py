@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{run,demo,show,train,server,setup,deploy,worker,watch,report}",
+        metavar="{run,demo,show,coco-eval,train,server,setup,deploy,worker,watch,report}",
     )
 
     run = sub.add_parser(

@@ -178,28 +178,30 @@ class CocoGroundTruth:
         """pycocotools' ``annToMask``: polygons, uncompressed or compressed RLE -> (H, W) bool."""
         from pycocotools import mask as cocomask
 
-        segm = ann.get("segmentation")
         try:
-            if isinstance(segm, list):  # polygons: one RLE per part, merged
-                rle = cocomask.merge(cocomask.frPyObjects(segm, h, w))
-            elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):
-                rle = cocomask.frPyObjects(segm, h, w)
-            elif isinstance(segm, dict):
-                counts = segm["counts"]
-                rle = {
-                    "size": list(segm["size"]),
-                    "counts": counts.encode() if isinstance(counts, str) else counts,
-                }
-                if tuple(rle["size"]) != (h, w):
-                    raise ValueError(f"RLE size {rle['size']} differs from the image's {[h, w]}")
-            else:
-                raise ValueError(f"segmentation must be polygons or an RLE, got {type(segm)}")
-            return np.asarray(cocomask.decode(rle), dtype=bool)
+            return np.asarray(cocomask.decode(_to_rle(ann.get("segmentation"), h, w)), dtype=bool)
         except Exception as exc:
             raise ValueError(
                 f"{self.source}: annotation {ann.get('id')!r} of image {ann.get('image_id')!r} "
                 f"has a segmentation pycocotools cannot read: {exc}"
             ) from exc
+
+
+def _to_rle(segm: Any, h: int, w: int) -> dict[str, Any]:
+    """A COCO ``segmentation`` (polygons, uncompressed or compressed RLE) as a compressed RLE of
+    an ``h`` x ``w`` image, as pycocotools' ``annToRLE`` makes it."""
+    from pycocotools import mask as cocomask
+
+    if isinstance(segm, list):  # polygons: one RLE per part, merged
+        return dict(cocomask.merge(cocomask.frPyObjects(segm, h, w)))
+    if isinstance(segm, dict) and isinstance(segm.get("counts"), list):
+        return dict(cocomask.frPyObjects(segm, h, w))
+    if isinstance(segm, dict):
+        counts, size = segm["counts"], [int(v) for v in segm["size"]]
+        if size != [h, w]:
+            raise ValueError(f"RLE size {size} differs from the image's {[h, w]}")
+        return {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
+    raise ValueError(f"segmentation must be polygons or an RLE, got {type(segm)}")
 
 
 def _tail_match(
@@ -326,15 +328,7 @@ def _with_areas(data: Mapping[str, Any]) -> dict[str, Any]:
             ann.setdefault("iscrowd", 0)
             if "area" not in ann:
                 h, w = sizes[int(ann["image_id"])]
-                segm = ann["segmentation"]
-                rle = (
-                    cocomask.merge(cocomask.frPyObjects(segm, h, w))
-                    if isinstance(segm, list)
-                    else cocomask.frPyObjects(segm, h, w)
-                    if isinstance(segm.get("counts"), list)
-                    else segm
-                )
-                ann["area"] = float(cocomask.area(rle))
+                ann["area"] = float(cocomask.area(_to_rle(ann["segmentation"], h, w)))
         anns.append(ann)
     return {**data, "annotations": anns, "categories": data.get("categories") or []}
 

@@ -58,7 +58,14 @@ def test_help_does_not_import_prefect() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [["--help"], ["run", "--help"], ["demo", "--help"], ["show", "--help"]]
+    "command",
+    [
+        ["--help"],
+        ["run", "--help"],
+        ["demo", "--help"],
+        ["show", "--help"],
+        ["coco-eval", "--help"],
+    ],
 )
 def test_help_exits_zero(command: list[str], env: dict[str, str], tmp_path: Path) -> None:
     out = _segflow(*command, env=env, cwd=tmp_path, timeout=60)
@@ -207,3 +214,17 @@ def test_demo_run_rerun_fail_on_error_and_show(env: dict[str, str], tmp_path: Pa
 def test_show_refuses_a_missing_folder(env: dict[str, str], tmp_path: Path) -> None:
     out = _segflow("show", str(tmp_path / "nothing"), env=env, cwd=tmp_path, timeout=60)
     assert out.returncode == 2 and "is not a folder" in out.stderr
+
+
+def test_coco_eval_refuses_what_it_cannot_score(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from segflow.cli import main
+
+    assert main(["coco-eval", str(tmp_path / "nope"), "--annotations", "a.json"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["coco-eval", str(tmp_path), "--annotations", str(tmp_path / "a.json")]) == 2
+    assert "COCO annotation file not found" in capsys.readouterr().err
+    (tmp_path / "a.json").write_text('{"images": [], "annotations": [], "categories": []}')
+    assert main(["coco-eval", str(tmp_path), "--annotations", str(tmp_path / "a.json")]) == 1
+    assert "no masks rows" in capsys.readouterr().err
