@@ -98,6 +98,15 @@ def test_sharded_batch_runs_once_per_image_across_two_workers(
         argv = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
         processes.start(name, [*argv, "--limit", "1", "--name", name], worker_env)
 
+    # both workers polling before the shards are scheduled: a worker still starting up lets the
+    # other one run both shards one after the other (seen when the machine was busy)
+    def both_online() -> bool:
+        workers = api.post(f"/work_pools/{POOL}/workers/filter")
+        online = {w["name"] for w in workers if w.get("status", "ONLINE") == "ONLINE"}
+        return {"w1", "w2"} <= online
+
+    wait_for(both_online, timeout=120, interval=1.0, what="both workers polling the pool")
+
     first = _python(PARENT, str(tmp_path), env=env, timeout=300)
     assert first["state"] == "COMPLETED", first
     summary = first["summary"]
