@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,dask,onnx,tflite,cloudinary,zarr,torch,transformers
+EXTRAS ?= dev,dask,onnx,tflite,cloudinary,zarr,http,torch,transformers
 
 .PHONY: demo test lint venv clean test-tools
 

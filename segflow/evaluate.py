@@ -480,11 +480,12 @@ def process_image(
 
 
 def _streams(item: ImageItem, config: RunConfig) -> bool:
-    """Whether ``item`` goes through ``segflow.large`` (local TIFF/Zarr above the size switch)."""
+    """Whether ``item`` goes through ``segflow.large`` (TIFF above the size switch, any Zarr)."""
     from segflow import large
 
     if "://" in item.uri:
-        return False  # remote files are read whole (or copy them locally first)
+        # a remote Zarr store is read chunk by chunk; other remote files are read whole
+        return large.is_remote_zarr_uri(item.uri)
     mode, threshold = large.stream_mode(config)
     try:
         return large.should_stream(

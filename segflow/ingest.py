@@ -3,8 +3,11 @@
 * :func:`list_images` walks a folder (``/data/x``, ``file:///data/x``, ``memory://x``, ``s3://b/p``
   when s3fs is installed), recursively by default, and keeps files whose name ends with one of the
   extensions (case-insensitive). Hidden files and folders (name starting with ``.``) are skipped.
-  With ``.zarr`` among the extensions, a local folder named ``*.zarr`` (a Zarr array or OME-Zarr
-  image) is one item, read by window by :mod:`segflow.large`; its identity hashes its files.
+  ``http(s)://`` folders are listed from the server's HTML index pages (fsspec's HTTP
+  filesystem, the ``http`` extra). With ``.zarr`` among the extensions, a folder named ``*.zarr``
+  (a Zarr array or OME-Zarr image), local or remote, is one item, read by window by
+  :mod:`segflow.large` (a remote store chunk by chunk, never copied whole); its identity hashes
+  its files.
   Items are sorted by relative path, so listings are reproducible.
 * An image's identity is the sha256 of its bytes (:func:`hash_items`), so renaming or moving a
   file does not make it new, and changing its bytes does.
@@ -154,10 +157,10 @@ def _list_files(
         uri = path if plain else fs.unstrip_protocol(path)
         out.append((uri, rel, int(info.get("size") or 0)))
     for rel, size in stores.items():
-        if plain and not any((prefix + rel + "/").startswith(ex) for ex in excluded):
-            out.append((prefix + rel, rel, size))
-        elif not plain:
-            logger.warning("skipping Zarr store %s: Zarr inputs are read from local folders", rel)
+        if any((prefix + rel + "/").startswith(ex) for ex in excluded):
+            continue
+        # a remote store is one item too: segflow.large reads its chunks by window over fsspec
+        out.append((prefix + rel if plain else fs.unstrip_protocol(prefix + rel), rel, size))
     out.sort(key=lambda t: t[1])
     return out
 
@@ -220,11 +223,16 @@ def read_bytes(uri: str) -> bytes:
 def sha256_file(uri: str) -> str:
     """sha256 hex digest of the bytes at ``uri``, read in 1 MiB blocks (constant memory).
 
-    A local folder (a Zarr store) hashes as the sha256 of its files' relative paths and bytes,
-    in sorted order: the same array written again gives the same identity.
+    A folder (a Zarr store; remote ones by a URL ending in ``.zarr``) hashes as the sha256 of its
+    files' relative paths and bytes, in sorted order: the same array written again, or served
+    from elsewhere, gives the same identity.
     """
     if not _has_protocol(uri) and Path(uri).is_dir():
         return _sha256_folder(Path(uri))
+    if _has_protocol(uri) and uri.rstrip("/").lower().endswith(".zarr"):
+        fs, root = fsspec.core.url_to_fs(uri)
+        if fs.isdir(root):
+            return _sha256_remote_folder(fs, root.rstrip("/"))
     digest = hashlib.sha256()
     opener = open(uri, "rb") if not _has_protocol(uri) else fsspec.open(uri, "rb").open()
     with opener as fh:
@@ -242,6 +250,19 @@ def _sha256_folder(folder: Path) -> str:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(path.relative_to(folder).as_posix().encode("utf-8") + b"\0")
         with open(path, "rb") as fh:
+            _hash_stream(digest, fh)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _sha256_remote_folder(fs: Any, root: str) -> str:
+    """:func:`_sha256_folder` over fsspec: the same digest for the same files (sorted by parts)."""
+    prefix = root + "/"
+    rels = [p[len(prefix) :] for p in fs.find(root, withdirs=False) if p.startswith(prefix)]
+    digest = hashlib.sha256()
+    for rel in sorted(rels, key=lambda r: r.split("/")):  # pathlib's order: part by part
+        digest.update(rel.encode("utf-8") + b"\0")
+        with fs.open(prefix + rel, "rb") as fh:
             _hash_stream(digest, fh)
         digest.update(b"\0")
     return digest.hexdigest()

@@ -88,7 +88,7 @@ from scipy import ndimage as ndi
 from segflow import metrics as M
 from segflow import postprocess
 from segflow import rle as R
-from segflow.ingest import IGNORE, load_ground_truth
+from segflow.ingest import IGNORE, load_ground_truth, sha256_file
 from segflow.io import DEFAULT_MAX_PIXELS, ImageReadError, read_header
 from segflow.preprocess import to_float_chw
 from segflow.segmenters.base import Segmenter
@@ -249,8 +249,10 @@ def should_stream(
     _check_choice("mode", mode, LARGE_MODES)
     threshold = _check_int("threshold_pixels", threshold_pixels, lo=1)
     p = os.fspath(path)
-    if is_zarr_path(p):
-        return True  # a Zarr store has no whole-file form: it is always read by window
+    if is_zarr_path(p) or (p.lower().rstrip("/").endswith(".zarr") and os.path.isdir(p)):
+        # a Zarr store has no whole-file form: it is always read by window (and a *.zarr folder
+        # without metadata fails there with a clear reason)
+        return True
     if mode == "never":
         return False
     try:
@@ -2017,9 +2019,19 @@ def _final_objects(ctx: _Ctx, *, min_size: int, instances: bool) -> list[Streame
 # ---------------------------------------------------------------------------------------------
 
 
+def is_remote_zarr_uri(uri: str) -> bool:
+    """Whether ``uri`` names a remote Zarr store (a URL ending in ``.zarr``, as listed).
+
+    Decided by the name, without a request: a ``.zarr`` URL that holds no store then fails to
+    open with a clear ``read`` error instead of being fetched whole as a file.
+    """
+    return "://" in uri and uri.rstrip("/").lower().endswith(".zarr")
+
+
 def _local_path(uri: str) -> tuple[str, bool]:
-    """A local path for ``uri``: itself, or a temporary copy of a remote file (True)."""
-    if "://" not in uri:
+    """A path :func:`open_source` takes for ``uri``: itself (local file, remote Zarr store read
+    by window), or a temporary copy of another remote file (True)."""
+    if "://" not in uri or is_remote_zarr_uri(uri):
         return uri, False
     import tempfile
 
@@ -2118,8 +2130,8 @@ def process_image_streamed(
 ) -> ImageResult:
     """:func:`segflow.evaluate.process_image` for an image that streams (same rows, same stages).
 
-    Reads the file by window (a remote file is first copied to a temporary local file, in
-    blocks), segments it with :func:`segment_streamed` using the run's tiling options, and builds
+    Reads the file by window (a remote Zarr store chunk by chunk over fsspec; another remote file
+    is first copied to a temporary local file, in blocks), segments it with :func:`segment_streamed` using the run's tiling options, and builds
     the ``metrics`` and ``masks`` rows. The sha256 is the listing's (``item.sha256``) or computed
     in blocks. Ground truth, when paired, is read by window too (foreground counts, and instance
     scores with ``gt_format="instances"``). With ``overlay`` and ground truth, the overlay is
@@ -2143,7 +2155,7 @@ def process_image_streamed(
         path, is_tmp = _local_path(item.uri)
         if is_tmp:
             tmp_files.append(path)
-        sha = item.sha256 or _sha256_path(path)
+        sha = item.sha256 or (_sha256_path(path) if is_tmp else sha256_file(path))
         src = open_source(path, name=item.rel_path)
         opened.append(src)
         t_read = (time.perf_counter() - t0) * 1000.0

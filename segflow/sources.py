@@ -206,12 +206,32 @@ class TiffSource(_Base):
         self._reader.close()
 
 
+_ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
+
+
 def is_zarr_path(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a folder holding a Zarr v2 or v3 array or group."""
-    p = Path(path)
-    return p.is_dir() and any(
-        (p / marker).is_file() for marker in ("zarr.json", ".zarray", ".zgroup")
-    )
+    """True when ``path`` is a folder holding a Zarr v2 or v3 array or group.
+
+    ``path`` may be an fsspec URL (``http://``, ``s3://``, ``memory://``, ...): then the store's
+    metadata file is looked up remotely (one request per marker until one is found).
+    """
+    p = os.fspath(path)
+    if "://" in p:
+        return _is_remote_zarr(p)
+    folder = Path(p)
+    return folder.is_dir() and any((folder / marker).is_file() for marker in _ZARR_MARKERS)
+
+
+def _is_remote_zarr(url: str) -> bool:
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+        root = root.rstrip("/")
+        return any(fs.isfile(f"{root}/{marker}") for marker in _ZARR_MARKERS)
+    except Exception as exc:  # unreachable host, missing filesystem package: not a Zarr store
+        logger.debug("cannot look up Zarr metadata under %s: %s", url, exc)
+        return False
 
 
 _OME_DROP = ("t", "z")
@@ -222,8 +242,9 @@ class ZarrSource(_Base):
 
     Parameters
     ----------
-    source : path, zarr.Array or zarr.Group
-        A Zarr folder, or an opened zarr array/group.
+    source : path, URL, zarr.Array or zarr.Group
+        A Zarr folder, an fsspec URL of one (``http(s)://``, ``s3://``, ... : only the chunks a
+        window touches are fetched), or an opened zarr array/group.
     name : str, optional
         Name for error messages.
     channel_axis : int or None
@@ -409,8 +430,9 @@ def open_source(
 
     Parameters
     ----------
-    source : path, numpy array, zarr array or zarr group
-        A TIFF file or a Zarr folder (by content, not name), or an array.
+    source : path, URL, numpy array, zarr array or zarr group
+        A TIFF file or a Zarr folder (by content, not name), an fsspec URL of a Zarr store, or
+        an array.
     name : str, optional
         Name for error messages.
     labels : bool
@@ -426,6 +448,12 @@ def open_source(
     if isinstance(source, str | os.PathLike):
         if is_zarr_path(source):
             return ZarrSource(source, name=name)
+        path = os.fspath(source)
+        if "://" in path or os.path.isdir(path):
+            # a folder (or a URL: only Zarr stores are read by window remotely) with no metadata
+            raise ImageReadError(
+                name or path, "no Zarr store here (none of zarr.json, .zarray, .zgroup)"
+            )
         return TiffSource(source, name=name, labels=labels)
     mod = type(source).__module__
     if mod.startswith("zarr"):

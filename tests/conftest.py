@@ -1,8 +1,10 @@
-"""Shared fixtures: the read-only real data in ``../shared`` (skipped when absent)."""
+"""Shared fixtures: the read-only real data in ``../shared`` (skipped when absent), a local HTTP
+file server."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,44 @@ def shared_data() -> Path:
 def shared_models() -> Path:
     """``../shared/models``: real pretrained model files; skips when absent."""
     return shared_path("models")
+
+
+class FileServer:
+    """A real HTTP server on 127.0.0.1 serving a folder (Python's ``http.server``, with the
+    directory index pages fsspec's HTTP filesystem lists folders from)."""
+
+    def __init__(self, root: Path) -> None:
+        import functools
+        import http.server
+        import threading
+
+        self.requests: list[str] = []
+        log = self.requests
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                log.append(self.path)  # the requested paths, for tests that count them
+
+        self._server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
+        )
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[FileServer]:
+    """Serves ``tmp_path / "www"`` over HTTP on 127.0.0.1 (skips without fsspec's HTTP extra)."""
+    pytest.importorskip("aiohttp", reason="http(s):// inputs need the http extra (aiohttp)")
+    root = tmp_path / "www"
+    root.mkdir()
+    server = FileServer(root)
+    try:
+        yield server
+    finally:
+        server.close()

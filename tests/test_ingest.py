@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from pathlib import Path
+from typing import Any
 
 import cv2
 import fsspec
@@ -269,3 +270,61 @@ def test_symlinks_to_files_are_listed_and_dangling_ones_kept_for_errors(tmp_path
     hashed = hash_items(items)
     assert hashed[0].sha256 == hashlib.sha256(b"a-bytes").hexdigest()
     assert hashed[1].sha256 is None  # unreadable: processing reports it as an error row
+
+
+def _zarr_folder(root: Path) -> None:
+    """``root`` with a PNG, a Zarr v3 array, a Zarr v2 array (hidden ``.zarray``) in a subfolder
+    and an OME-Zarr group."""
+    zarr = pytest.importorskip("zarr", reason="Zarr input needs the zarr extra")
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 255, (70, 90), dtype=np.uint8)
+    _tree(root, {"plain.png": _png(image)})
+    zarr.create_array(store=str(root / "a.zarr"), shape=image.shape, chunks=(32, 32), dtype="u1")[
+        :
+    ] = image
+    v2 = zarr.create_array(
+        store=str(root / "sub" / "v2.zarr"),
+        shape=image.shape,
+        chunks=(40, 40),
+        dtype="u1",
+        zarr_format=2,
+    )
+    v2[:] = image
+    group = zarr.open_group(str(root / "o.zarr"), mode="w")
+    group.create_array("0", shape=image.shape, chunks=(50, 50), dtype="u1")[:] = image
+    group.attrs["multiscales"] = [
+        {"version": "0.4", "axes": ["y", "x"], "datasets": [{"path": "0"}]}
+    ]
+
+
+def test_remote_zarr_stores_list_and_hash_as_on_disk(tmp_path: Path, file_server: Any) -> None:
+    """A ``*.zarr`` folder under an http:// or memory:// URL is one item, and its identity is
+    the same sha256 as the same folder on disk (the oracle: pathlib's walk and hashing)."""
+    local = tmp_path / "www" / "in"  # what file_server serves
+    _zarr_folder(local)
+    exts = (".png", ".zarr")
+    want = hash_items(list_images(local, extensions=exts))
+    assert [i.rel_path for i in want] == ["a.zarr", "o.zarr", "plain.png", "sub/v2.zarr"]
+    assert [i.image_id for i in want] == ["a", "o", "plain", "sub/v2"]
+    assert all(i.sha256 for i in want) and len({i.sha256 for i in want}) == 4
+
+    over_http = hash_items(list_images(f"{file_server.url}/in", extensions=exts))
+    assert [i.uri for i in over_http] == [f"{file_server.url}/in/{i.rel_path}" for i in want]
+    assert [i.sha256 for i in over_http] == [i.sha256 for i in want]
+
+    fs = fsspec.filesystem("memory")
+    base = f"/segflow-test-{uuid.uuid4().hex}"
+    try:
+        fs.put(str(local), f"{base}/in", recursive=True)
+        in_memory = hash_items(list_images(f"memory://{base}/in", extensions=exts))
+        assert [i.uri for i in in_memory] == [f"memory://{base}/in/{i.rel_path}" for i in want]
+        assert [i.sha256 for i in in_memory] == [i.sha256 for i in want]
+        # not recursive: the store in the subfolder is left out, as on disk
+        flat = list_images(f"memory://{base}/in", extensions=exts, recursive=False)
+        assert (
+            [i.rel_path for i in flat]
+            == [i.rel_path for i in list_images(local, extensions=exts, recursive=False)]
+            == ["a.zarr", "o.zarr", "plain.png"]
+        )
+    finally:
+        fs.rm(base, recursive=True)

@@ -484,6 +484,62 @@ def test_zarr_stores_in_the_input_folder_are_images(
     assert again["skipped"] == 3 and again["done"] == 0
 
 
+def test_remote_zarr_and_ground_truth_over_http_score_as_on_disk(
+    dataset: dict[str, Any], tmp_path: Path, file_server: Any
+) -> None:
+    """An input folder on a real HTTP server (127.0.0.1): its Zarr store is read chunk by chunk,
+    its PNG and the ground truth are fetched, and every row equals the run on the same files on
+    disk (the oracle); a store without metadata is an ``errors`` row, the rest is written."""
+    zarr = pytest.importorskip("zarr", reason="Zarr input needs the zarr extra")
+    www = tmp_path / "www"
+    (www / "in").mkdir()
+    (www / "gt").mkdir()
+    labels = dataset["root"] / "labels"
+    plain, other = [p for p in dataset["good"] if (labels / p.name).exists()][:2]
+    shutil.copy(plain, www / "in" / "plain.png")
+    shutil.copy(labels / plain.name, www / "gt" / "plain.png")
+    shutil.copy(labels / other.name, www / "gt" / "arr.png")
+    image = read_labels(other).astype(np.uint8)
+    arr = zarr.create_array(
+        store=str(www / "in" / "arr.zarr"), shape=image.shape, chunks=(32, 48), dtype="uint8"
+    )
+    arr[:] = image
+    (www / "in" / "broken.zarr").mkdir()
+    (www / "in" / "broken.zarr" / "junk").write_bytes(b"not zarr metadata")
+
+    def run(root: str, out: Path) -> dict[str, Any]:
+        config = _config(dataset, out, input=f"{root}/in", ground_truth=f"{root}/gt")
+        state, summary = _run(config)
+        assert state.is_completed() and summary["done"] == 2 and summary["failed"] == 1, summary
+        return summary
+
+    run(file_server.url, tmp_path / "remote")
+    chunk_gets = [p for p in file_server.requests if p.startswith("/in/arr.zarr/c/")]
+    assert len(chunk_gets) >= 9  # 3 x 2 chunks: fetched one by one, never as one file
+    run(str(www), tmp_path / "local")
+    got, want = Store(tmp_path / "remote"), Store(tmp_path / "local")
+    cols = ["image_id", "sha256", "n_instances", "fg_iou", "inst_f1", "inst_tp", "has_ground_truth"]
+    m_got = got.read("metrics").sort_values("image_id")[cols].reset_index(drop=True)
+    m_want = want.read("metrics").sort_values("image_id")[cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(m_got, m_want)
+    assert list(m_got["image_id"]) == ["arr", "plain"] and m_got["fg_iou"].notna().all()
+    assert got.read("metrics").set_index("image_id").loc["arr", "source_uri"] == (
+        f"{file_server.url}/in/arr.zarr"
+    )
+    keys = ["image_id", "instance_id", "rle_counts"]
+    assert got.read("masks").sort_values(keys[:2])[keys].values.tolist() == (
+        want.read("masks").sort_values(keys[:2])[keys].values.tolist()
+    )
+    [error] = got.read("errors").to_dict("records")
+    assert error["image_id"] == "broken" and error["stage"] == "read"
+    assert "no Zarr store" in error["message"] and error["source_uri"].endswith("/in/broken.zarr")
+    assert want.read("errors")["message"].tolist() == [error["message"]]  # on disk: the same
+    # same identity over HTTP as on disk: the remote batch into the local store is all skipped
+    config = _config(dataset, tmp_path / "local", input=f"{file_server.url}/in")
+    _, again = _run(config)
+    assert again["skipped"] == 2 and again["done"] == 0
+
+
 def test_local_run_settings_turn_heartbeats_off_only_on_the_embedded_api() -> None:
     from prefect.settings import (
         PREFECT_API_URL,
