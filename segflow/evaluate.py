@@ -480,12 +480,10 @@ def process_image(
 
 
 def _streams(item: ImageItem, config: RunConfig) -> bool:
-    """Whether ``item`` goes through ``segflow.large`` (TIFF above the size switch, any Zarr)."""
+    """Whether ``item`` goes through ``segflow.large`` (TIFF above the size switch, any Zarr;
+    local or remote: :func:`segflow.large.should_stream`)."""
     from segflow import large
 
-    if "://" in item.uri:
-        # a remote Zarr store is read chunk by chunk; other remote files are read whole
-        return large.is_remote_zarr_uri(item.uri)
     mode, threshold = large.stream_mode(config)
     try:
         return large.should_stream(

@@ -243,12 +243,30 @@ def should_stream(
     A Zarr store (a folder) always streams: it has no whole-file form to decode. For TIFF files,
     ``mode``: ``"never"`` -> False; ``"always"`` -> True; ``"auto"`` -> True above
     ``threshold_pixels`` pixels, or above ``max_pixels`` (the in-memory path would refuse
-    them). Only the first bytes and the TIFF header are read. Other formats (PNG, JPEG, ...) never stream: they must be decoded
-    whole, and the decompression-bomb guard refuses the oversized ones.
+    them). Only the first bytes and the TIFF header are read. Other formats (PNG, JPEG, ...)
+    never stream: they must be decoded whole, and the decompression-bomb guard refuses the
+    oversized ones.
+
+    ``path`` may be an fsspec URL: a ``*.zarr`` URL streams (read chunk by chunk where it is);
+    a ``*.tif``/``*.tiff`` URL is decided by its header, read with ranged reads (a streamed
+    remote TIFF is then copied to a temporary local file, in blocks); other URLs never stream.
     """
     _check_choice("mode", mode, LARGE_MODES)
     threshold = _check_int("threshold_pixels", threshold_pixels, lo=1)
     p = os.fspath(path)
+    if "://" in p:
+        if is_remote_zarr_uri(p):
+            return True
+        if mode == "never" or not p.lower().endswith((".tif", ".tiff")):
+            return False
+        pixels = _remote_tiff_pixels(p)
+        if pixels is None:
+            return False  # not a TIFF, or no header: the normal path reports it
+        return (
+            mode == "always"
+            or pixels > threshold
+            or (max_pixels is not None and pixels > max_pixels)
+        )
     if is_zarr_path(p) or (p.lower().rstrip("/").endswith(".zarr") and os.path.isdir(p)):
         # a Zarr store has no whole-file form: it is always read by window (and a *.zarr folder
         # without metadata fails there with a clear reason)
@@ -270,6 +288,25 @@ def should_stream(
         return False  # the normal path reports the corrupt file
     pixels = header.height * header.width
     return pixels > threshold or (max_pixels is not None and pixels > max_pixels)
+
+
+def _remote_tiff_pixels(url: str) -> int | None:
+    """Pixels of the first page of the TIFF at ``url`` (its header only, by ranged reads);
+    None when it is not a TIFF or cannot be read (the in-memory path then reports why)."""
+    import fsspec
+    import tifffile
+
+    try:
+        with fsspec.open(url, "rb") as fh:
+            if fh.read(4) not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+                return None
+            fh.seek(0)
+            with tifffile.TiffFile(fh) as tif:
+                page = tif.pages.first
+                return int(page.imagelength) * int(page.imagewidth)
+    except Exception as exc:  # no range requests, truncated header, network: read it whole
+        logger.debug("cannot read the TIFF header of %s: %s", url, exc)
+        return None
 
 
 def stream_mode(config: Any) -> tuple[str, int]:

@@ -7,9 +7,16 @@ Oracles: ``segflow.inference.segment_image`` on the whole image (classes, instan
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import tempfile
 import tracemalloc
+import uuid
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import fsspec
 import numpy as np
 import pytest
 import tifffile
@@ -680,6 +687,55 @@ def test_pipeline_switch_can_be_forced_either_way(
     )
     assert res.overlay is None  # the streamed path draws no overlay
     assert [m["rle_counts"] for m in res.masks] == [m["rle_counts"] for m in ref.masks]
+
+
+def test_remote_tiff_above_the_guard_streams_like_the_local_file(
+    small: tuple[np.ndarray, Path], tmp_path: Path, file_server: Any
+) -> None:
+    """A TIFF on a real HTTP server (and in memory://) is switched by its header, fetched with
+    ranged reads; above the pixel guard it streams and gives the local file's rows."""
+    _, path = small  # 1500 x 1700 = 2.55 MP
+    shutil.copy(path, tmp_path / "www" / "s.tif")
+    (tmp_path / "www" / "p.png").write_bytes(b"not read")
+    url = f"{file_server.url}/s.tif"
+    assert large.should_stream(url, max_pixels=1 << 20)  # the guard (1 MP) would refuse it
+    assert large.should_stream(url, mode="always")
+    assert not large.should_stream(url)  # 2.55 MP < the 64 MP switch, under the default guard
+    assert not large.should_stream(url, mode="never", threshold_pixels=1)
+    before = len(file_server.requests)
+    assert not large.should_stream(f"{file_server.url}/p.png", mode="always")
+    assert not large.should_stream(f"{file_server.url}/missing.tif", threshold_pixels=1)
+    assert set(file_server.requests[before:]) == {"/missing.tif"}  # a PNG is not even opened
+
+    guard = RunConfig(input=str(tmp_path), out=str(tmp_path / "out"), max_pixels=1 << 20)
+    temps = set(Path(tempfile.gettempdir()).glob("tmp*.tif"))
+    kw: dict[str, Any] = {"run_id": "r", "config_hash": "c"}
+    want = evaluate.process_image(
+        _item(path), config=guard, segmenter=guard.create_segmenter(), **kw
+    )
+    fs = fsspec.filesystem("memory")
+    base = f"/segflow-test-{uuid.uuid4().hex}"
+    fs.put(str(path), f"{base}/s.tif")
+    try:
+        for uri in (url, f"memory://{base}/s.tif"):
+            got = evaluate.process_image(
+                replace(_item(path), uri=uri),
+                config=guard,
+                segmenter=guard.create_segmenter(),
+                **kw,
+            )
+            assert got.metrics["sha256"] == want.metrics["sha256"] == _sha256(path), uri
+            assert got.metrics["source_uri"] == uri
+            assert got.metrics["n_instances"] == want.metrics["n_instances"] > 100
+            assert [m["rle_counts"] for m in got.masks] == [m["rle_counts"] for m in want.masks]
+    finally:
+        fs.rm(base, recursive=True)
+    # the temporary local copies are gone
+    assert set(Path(tempfile.gettempdir()).glob("tmp*.tif")) <= temps
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize(
