@@ -110,6 +110,31 @@ def _major_version() -> str:
     return segflow.__version__.split(".")[0]
 
 
+def url_has_credentials(value: str) -> bool:
+    """Whether ``value`` is a URL with a user-info part holding a secret (``user:pw@``, or any
+    user name for http(s), where ``https://TOKEN@host`` is a common way to pass a token)."""
+    if "://" not in value:
+        return False
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    if parts.password is not None:
+        return True
+    return parts.username is not None and parts.scheme.lower() in ("http", "https")
+
+
+def mask_url_credentials(value: str) -> str:
+    """``value`` with its user-info part replaced by ``***`` (for messages)."""
+    scheme, sep, rest = value.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{netloc}{slash}{path}"
+
+
 class RunConfig(BaseModel):
     """Everything one ``segment_batch`` run needs.
 
@@ -176,7 +201,8 @@ class RunConfig(BaseModel):
         relative path; ``segflow.shard``): set by ``segment_sharded`` for its child runs.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # a URL field may carry a secret (user:password@): errors name fields, never echo inputs
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     input: str = Field(min_length=1)
     out: str = Field(min_length=1)
@@ -216,6 +242,18 @@ class RunConfig(BaseModel):
                 f"unknown segmenter {name!r}; available segmenters are: {', '.join(names)}"
             )
         return name
+
+    @field_validator("input", "out", "ground_truth")
+    @classmethod
+    def _no_credentials_in_urls(cls, value: str | None) -> str | None:
+        if value is not None and url_has_credentials(value):
+            raise ValueError(
+                f"{mask_url_credentials(value)}: a URL with credentials (user:password@, token@) would put the secret "
+                "into the store's rows (source_uri, runs) and the logs; give credentials to "
+                'fsspec instead (for http(s): FSSPEC_HTTP=\'{"headers": {"Authorization": '
+                '"..."}}\'; for s3: the usual AWS variables or profile)'
+            )
+        return value
 
     @field_validator("extensions")
     @classmethod

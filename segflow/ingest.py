@@ -111,6 +111,14 @@ def _list_files(
     source = str(source)
     fs, root = fsspec.core.url_to_fs(source)
     if not fs.exists(root):
+        if _has_protocol(source):
+            # a remote "does not exist" may be a refusal: say the server's own reason (401 ...)
+            try:
+                fs.ls(root)
+            except FileNotFoundError:
+                pass
+            except Exception as exc:
+                raise OSError(f"cannot list input folder {source!r}: {exc}") from exc
         raise FileNotFoundError(f"input folder {source!r} does not exist")
     if not fs.isdir(root):
         raise ValueError(f"input {source!r} is a file; give the folder that holds the images")
@@ -259,13 +267,21 @@ def _sha256_remote_folder(fs: Any, root: str) -> str:
     """:func:`_sha256_folder` over fsspec: the same digest for the same files (sorted by parts)."""
     prefix = root + "/"
     rels = [p[len(prefix) :] for p in fs.find(root, withdirs=False) if p.startswith(prefix)]
+    rels.sort(key=lambda r: r.split("/"))  # pathlib's order: part by part
     digest = hashlib.sha256()
-    for rel in sorted(rels, key=lambda r: r.split("/")):  # pathlib's order: part by part
-        digest.update(rel.encode("utf-8") + b"\0")
-        with fs.open(prefix + rel, "rb") as fh:
-            _hash_stream(digest, fh)
-        digest.update(b"\0")
+    # chunk files are small and many: fetch them _REMOTE_BATCH at a time (concurrently on async
+    # filesystems such as HTTP and S3; one by one they cost a round trip each)
+    for i in range(0, len(rels), _REMOTE_BATCH):
+        batch = rels[i : i + _REMOTE_BATCH]
+        blobs = fs.cat([prefix + rel for rel in batch], on_error="raise")
+        for rel in batch:
+            digest.update(rel.encode("utf-8") + b"\0")
+            digest.update(blobs[prefix + rel])
+            digest.update(b"\0")
     return digest.hexdigest()
+
+
+_REMOTE_BATCH = 16
 
 
 def hash_items(items: Sequence[ImageItem], *, threads: int = 4) -> list[ImageItem]:

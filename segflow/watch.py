@@ -53,7 +53,7 @@ from typing import Any, Literal
 
 import fsspec
 
-from segflow.config import DEFAULT_EXTENSIONS
+from segflow.config import DEFAULT_EXTENSIONS, mask_url_credentials, url_has_credentials
 
 __all__ = [
     "DEFAULT_MANIFESTS",
@@ -351,6 +351,12 @@ class BatchWatcher:
         if not markers and not manifests and quiet_period is None:
             raise ValueError(
                 "give at least one of markers, manifests or quiet_period: nothing could complete a batch"
+            )
+        if url_has_credentials(str(root)):
+            raise ValueError(
+                f"{mask_url_credentials(str(root))}: a URL with credentials would put the secret "
+                "into the state file, the events and the runs; give them to fsspec instead "
+                "(storage_options, or FSSPEC_<PROTOCOL> variables)"
             )
         self.root = str(root)
         self.state_path = (

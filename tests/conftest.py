@@ -51,15 +51,36 @@ class FileServer:
         import threading
 
         self.requests: list[str] = []
+        self.auth: str | None = None  # when set: the Authorization header every request needs
         log = self.requests
+        outer = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real file servers
+
             def log_message(self, *args: object) -> None:
                 log.append(self.path)  # the requested paths, for tests that count them
 
-        self._server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
-        )
+            def _authorised(self) -> bool:
+                if outer.auth is None or self.headers.get("Authorization") == outer.auth:
+                    return True
+                self.send_error(401, "Unauthorized")
+                return False
+
+            def do_GET(self) -> None:
+                if self._authorised():
+                    super().do_GET()
+
+            def do_HEAD(self) -> None:
+                if self._authorised():
+                    super().do_HEAD()
+
+        class Server(http.server.ThreadingHTTPServer):
+            # socketserver's backlog of 5 drops some of zarr's concurrent chunk requests while
+            # the test holds the CPU; each dropped connection attempt then waits 1 s
+            request_queue_size = 128
+
+        self._server = Server(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

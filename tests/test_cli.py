@@ -119,10 +119,14 @@ def test_bad_options_exit_2_before_any_run(env: dict[str, str], tmp_path: Path) 
             ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--tile", "64", "--overlap", "64"],
             "overlap",
         ),
+        (
+            ["run", "https://ann:s3cr3t@data.example/in", "--out", str(tmp_path / "o")],
+            "https://***@data.example/in",
+        ),
     ]:
         out = _segflow(*args, env=env, cwd=tmp_path, timeout=60)
         assert out.returncode == 2, out.stderr
-        assert needle in out.stderr
+        assert needle in out.stderr and "s3cr3t" not in out.stderr + out.stdout
     assert not (tmp_path / "o").exists()
 
 

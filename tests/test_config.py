@@ -49,6 +49,33 @@ def test_invalid_values_are_refused_with_the_name(kw: dict, needle: str) -> None
     assert needle in str(info.value)
 
 
+@pytest.mark.parametrize("field", ["input", "out", "ground_truth"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://alice:s3cr3t@data.example/batch",
+        "http://s3cr3t@127.0.0.1:8000/batch",  # a token as the user name
+        "s3://AKIA:s3cr3t@bucket/batch",
+    ],
+)
+def test_urls_with_credentials_are_refused_without_echoing_the_secret(field: str, url: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        cfg(**{field: url})
+    message = str(info.value)
+    assert field in message and "FSSPEC_HTTP" in message and "***@" in message
+    assert "s3cr3t" not in message and "alice" not in message
+
+
+def test_urls_without_secrets_are_kept() -> None:
+    c = cfg(input="s3://bucket/in", ground_truth="sftp://me@host/labels", out="memory://o")
+    assert (c.input, c.ground_truth, c.out) == (
+        "s3://bucket/in",
+        "sftp://me@host/labels",
+        "memory://o",
+    )
+    assert cfg(input="/data/a@b/in").input == "/data/a@b/in"  # a local path with an @
+
+
 def test_unknown_segmenter_lists_valid_names() -> None:
     with pytest.raises(ValidationError) as info:
         cfg(segmenter="nope")

@@ -438,3 +438,11 @@ def test_listing_fingerprint_tracks_content(files: dict[str, bytes]) -> None:
         assert list_batch(f"memory://{root}").fingerprint != listing.fingerprint
     finally:
         fs.rm(root, recursive=True)
+
+
+def test_an_inbox_url_with_credentials_is_refused_without_echoing_them(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="credentials") as info:
+        watcher("https://bob:s3cr3t@inbox.example/batches", tmp_path)
+    assert "https://***@inbox.example/batches" in str(info.value)
+    assert "s3cr3t" not in str(info.value) and "bob" not in str(info.value)
+    assert not (tmp_path / "state").exists()  # nothing written

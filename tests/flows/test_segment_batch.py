@@ -540,6 +540,53 @@ def test_remote_zarr_and_ground_truth_over_http_score_as_on_disk(
     assert again["skipped"] == 2 and again["done"] == 0
 
 
+def test_http_credentials_given_to_fsspec_stay_out_of_rows_files_and_logs(
+    dataset: dict[str, Any],
+    tmp_path: Path,
+    file_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that wants a token: fsspec's config carries it (as ``FSSPEC_HTTP`` would), every
+    image is read, and the token is in no store file, overlay or log line."""
+    zarr = pytest.importorskip("zarr", reason="Zarr input needs the zarr extra")
+    import fsspec.config
+
+    secret = "Bearer s3cr3t-9f1c"
+    www = tmp_path / "www"
+    (www / "in").mkdir()
+    (www / "gt").mkdir()
+    labels = dataset["root"] / "labels"
+    with_gt = [p for p in dataset["good"] if (labels / p.name).exists()][:2]
+    for p in with_gt:
+        shutil.copy(p, www / "in" / p.name)
+        shutil.copy(labels / p.name, www / "gt" / p.name)
+    image = read_labels(with_gt[0]).astype(np.uint8)
+    zarr.create_array(
+        store=str(www / "in" / "z.zarr"), shape=image.shape, chunks=(48, 48), dtype="uint8"
+    )[:] = image
+    file_server.auth = secret
+    config = _config(
+        dataset,
+        tmp_path / "out",
+        input=f"{file_server.url}/in",
+        ground_truth=f"{file_server.url}/gt",
+    )
+    with pytest.raises(Exception, match="401"):  # without it the listing is refused
+        _run(config)
+    monkeypatch.setitem(fsspec.config.conf, "http", {"headers": {"Authorization": secret}})
+    caplog.set_level("DEBUG")
+    state, summary = _run(config)
+    assert state.is_completed() and summary["done"] == 3 and summary["failed"] == 0, summary
+    metrics = Store(tmp_path / "out").read("metrics")
+    assert metrics["fg_iou"].notna().sum() == 2  # the PNGs were scored against remote truth
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".parquet" for p in written) and any(p.suffix == ".png" for p in written)
+    for path in written:
+        assert b"s3cr3t" not in path.read_bytes(), path
+    assert "s3cr3t" not in caplog.text
+
+
 def test_local_run_settings_turn_heartbeats_off_only_on_the_embedded_api() -> None:
     from prefect.settings import (
         PREFECT_API_URL,
