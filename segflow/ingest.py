@@ -309,10 +309,14 @@ def pair_ground_truth(
     items: Sequence[ImageItem],
     ground_truth: str | Path,
     *,
-    extensions: Iterable[str] = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"),
+    extensions: Iterable[str] = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg", ".zarr"),
     recursive: bool = True,
 ) -> list[ImageItem]:
     """``items`` with ``gt_uri`` set where ``ground_truth`` holds a file of the same relative stem.
+
+    A ``*.zarr`` store (a Zarr array, or an OME-Zarr label image with ``multiscales``) is a label
+    image too, local or remote: the image ``a/b.png`` (or the store ``a/b.zarr``) pairs with
+    ``a/b.zarr`` when no label file of that stem ranks before it in ``extensions``.
 
     Images without a match keep ``gt_uri=None`` (they are segmented, without scores). When several
     label files share a stem, the one whose extension comes first in ``extensions`` wins.
@@ -376,9 +380,12 @@ def read_ground_truth(
         isinstance(ignore, bool) or not isinstance(ignore, int) or ignore < 1
     ):
         raise ValueError(f"ignore must be a label value >= 1 (0 is background), got {ignore!r}")
-    if isinstance(source, str) and _has_protocol(source):
-        source = read_bytes(source)
-    labels = read_labels(source, name=name, max_pixels=max_pixels)
+    if isinstance(source, str | Path) and _is_zarr_store(str(source)):
+        labels = _read_zarr_labels(str(source), name=name, max_pixels=max_pixels)
+    else:
+        if isinstance(source, str) and _has_protocol(source):
+            source = read_bytes(source)
+        labels = read_labels(source, name=name, max_pixels=max_pixels)
     if labels.dtype != np.int32:
         labels = labels.astype(np.int32)
     if gt_format != "binary" and labels.min(initial=0) < 0:
@@ -391,6 +398,41 @@ def read_ground_truth(
     if ignored is not None:
         labels[ignored] = IGNORE
     return labels
+
+
+def _is_zarr_store(source: str) -> bool:
+    """A local Zarr folder, or a URL ending in ``.zarr`` (what listing calls a remote store)."""
+    if _has_protocol(source):
+        return source.rstrip("/").lower().endswith(".zarr")
+    from segflow.sources import is_zarr_path
+
+    return is_zarr_path(source)
+
+
+def _read_zarr_labels(source: str, *, name: str | None, max_pixels: int) -> np.ndarray:
+    """A Zarr label array read whole as ``(H, W)`` (its full-resolution level), under the guard."""
+    from segflow.io import ImageReadError
+    from segflow.sources import open_source
+
+    label = name or source
+    with open_source(source, name=label) as src:
+        if src.height * src.width > max_pixels:
+            raise ImageReadError(
+                label,
+                f"{src.height} x {src.width} = {src.height * src.width} label pixels, more than "
+                f"max_pixels={max_pixels}",
+            )
+        if len(src.shape) != 2:
+            raise ImageReadError(label, f"a label array must be 2-D (H, W), got {src.shape}")
+        labels = src.read(y=0, x=0, h=src.height, w=src.width)
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise ImageReadError(label, "float label values must be whole numbers")
+    elif labels.dtype.kind not in "biu":
+        raise ImageReadError(label, f"label dtype {labels.dtype} is not integer")
+    if labels.size and (labels.max() > np.iinfo(np.int32).max):
+        raise ImageReadError(label, "label values exceed the int32 range")
+    return labels.astype(np.int32)
 
 
 def load_ground_truth(

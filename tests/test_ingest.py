@@ -328,3 +328,52 @@ def test_remote_zarr_stores_list_and_hash_as_on_disk(tmp_path: Path, file_server
         )
     finally:
         fs.rm(base, recursive=True)
+
+
+def test_zarr_label_stores_pair_and_read_as_ground_truth(tmp_path: Path) -> None:
+    """A Zarr array or OME-Zarr label group is ground truth too (on disk and in memory://); the
+    oracle is the array written."""
+    zarr = pytest.importorskip("zarr", reason="Zarr input needs the zarr extra")
+    rng = np.random.default_rng(9)
+    truth = rng.integers(0, 40, (50, 60)).astype(np.int32)
+    _tree(tmp_path / "imgs", {"a.png": _png(truth.astype(np.uint8)), "b.png": b"x", "c.png": b"x"})
+    zarr.create_array(
+        store=str(tmp_path / "gt" / "a.zarr"), shape=truth.shape, chunks=(16, 16), dtype="uint16"
+    )[:] = truth
+    group = zarr.open_group(str(tmp_path / "gt" / "b.zarr"), mode="w")
+    group.create_array("0", shape=truth.shape, chunks=(20, 20), dtype="int32")[:] = truth
+    group.attrs["multiscales"] = [
+        {"version": "0.4", "axes": ["y", "x"], "datasets": [{"path": "0"}]}
+    ]
+    _tree(tmp_path / "gt", {"c.png": _png(truth.astype(np.uint8))})
+    zarr.create_array(store=str(tmp_path / "gt" / "c.zarr"), shape=(2, 2), dtype="u1")[:] = 1
+    paired = {
+        i.rel_path: i.gt_uri
+        for i in pair_ground_truth(list_images(tmp_path / "imgs"), tmp_path / "gt")
+    }
+    assert paired == {
+        "a.png": str(tmp_path / "gt" / "a.zarr"),
+        "b.png": str(tmp_path / "gt" / "b.zarr"),
+        "c.png": str(tmp_path / "gt" / "c.png"),  # a label file ranks before a store
+    }
+    for uri in (paired["a.png"], paired["b.png"]):
+        got = read_ground_truth(uri, gt_format="instances")
+        assert got.dtype == np.int32 and np.array_equal(got, truth)
+        assert np.array_equal(
+            read_ground_truth(uri, gt_format="binary"), (truth > 0).astype(np.int32)
+        )
+        with pytest.raises(ImageReadError, match="max_pixels=100"):
+            read_ground_truth(uri, gt_format="instances", max_pixels=100)
+    ignored = read_ground_truth(paired["a.png"], gt_format="classes", ignore=7)
+    assert np.array_equal(ignored == IGNORE, truth == 7)
+    zarr.create_array(store=str(tmp_path / "rgb.zarr"), shape=(4, 4, 3), dtype="u1")
+    with pytest.raises(ImageReadError, match="2-D"):
+        read_ground_truth(str(tmp_path / "rgb.zarr"), gt_format="instances")
+    fs = fsspec.filesystem("memory")
+    base = f"/segflow-test-{uuid.uuid4().hex}"
+    try:
+        fs.put(str(tmp_path / "gt" / "a.zarr"), f"{base}/gt/a.zarr", recursive=True)
+        got = read_ground_truth(f"memory://{base}/gt/a.zarr", gt_format="instances")
+        assert np.array_equal(got, truth)
+    finally:
+        fs.rm(base, recursive=True)

@@ -498,8 +498,11 @@ def test_remote_zarr_and_ground_truth_over_http_score_as_on_disk(
     plain, other = [p for p in dataset["good"] if (labels / p.name).exists()][:2]
     shutil.copy(plain, www / "in" / "plain.png")
     shutil.copy(labels / plain.name, www / "gt" / "plain.png")
-    shutil.copy(labels / other.name, www / "gt" / "arr.png")
     image = read_labels(other).astype(np.uint8)
+    truth = read_labels(labels / other.name)  # the Zarr image's truth: a Zarr label array
+    zarr.create_array(
+        store=str(www / "gt" / "arr.zarr"), shape=truth.shape, chunks=(40, 40), dtype="int32"
+    )[:] = truth
     arr = zarr.create_array(
         store=str(www / "in" / "arr.zarr"), shape=image.shape, chunks=(32, 48), dtype="uint8"
     )
@@ -522,7 +525,7 @@ def test_remote_zarr_and_ground_truth_over_http_score_as_on_disk(
     m_got = got.read("metrics").sort_values("image_id")[cols].reset_index(drop=True)
     m_want = want.read("metrics").sort_values("image_id")[cols].reset_index(drop=True)
     pd.testing.assert_frame_equal(m_got, m_want)
-    assert list(m_got["image_id"]) == ["arr", "plain"] and m_got["fg_iou"].notna().all()
+    assert list(m_got["image_id"]) == ["arr", "plain"] and m_got["inst_f1"].notna().all()
     assert got.read("metrics").set_index("image_id").loc["arr", "source_uri"] == (
         f"{file_server.url}/in/arr.zarr"
     )
