@@ -248,8 +248,9 @@ class RunConfig(BaseModel):
     def _no_credentials_in_urls(cls, value: str | None) -> str | None:
         if value is not None and url_has_credentials(value):
             raise ValueError(
-                f"{mask_url_credentials(value)}: a URL with credentials (user:password@, token@) would put the secret "
-                "into the store's rows (source_uri, runs) and the logs; give credentials to "
+                f"{mask_url_credentials(value)}: a URL with credentials (user:password@, "
+                "token@) would put the secret into the store's rows (source_uri, runs) and the "
+                "logs; give credentials to "
                 'fsspec instead (for http(s): FSSPEC_HTTP=\'{"headers": {"Authorization": '
                 '"..."}}\'; for s3: the usual AWS variables or profile)'
             )

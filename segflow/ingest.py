@@ -34,7 +34,8 @@ from typing import Any, BinaryIO, Literal
 import fsspec
 import numpy as np
 
-from segflow.io import DEFAULT_MAX_PIXELS, read_labels
+from segflow.io import DEFAULT_MAX_PIXELS, ImageReadError, read_labels
+from segflow.sources import is_remote_zarr_uri, is_zarr_path, open_source
 
 __all__ = [
     "IGNORE",
@@ -237,7 +238,7 @@ def sha256_file(uri: str) -> str:
     """
     if not _has_protocol(uri) and Path(uri).is_dir():
         return _sha256_folder(Path(uri))
-    if _has_protocol(uri) and uri.rstrip("/").lower().endswith(".zarr"):
+    if _has_protocol(uri) and is_remote_zarr_uri(uri):
         fs, root = fsspec.core.url_to_fs(uri)
         if fs.isdir(root):
             return _sha256_remote_folder(fs, root.rstrip("/"))
@@ -402,18 +403,11 @@ def read_ground_truth(
 
 def _is_zarr_store(source: str) -> bool:
     """A local Zarr folder, or a URL ending in ``.zarr`` (what listing calls a remote store)."""
-    if _has_protocol(source):
-        return source.rstrip("/").lower().endswith(".zarr")
-    from segflow.sources import is_zarr_path
-
-    return is_zarr_path(source)
+    return is_remote_zarr_uri(source) if _has_protocol(source) else is_zarr_path(source)
 
 
 def _read_zarr_labels(source: str, *, name: str | None, max_pixels: int) -> np.ndarray:
     """A Zarr label array read whole as ``(H, W)`` (its full-resolution level), under the guard."""
-    from segflow.io import ImageReadError
-    from segflow.sources import open_source
-
     label = name or source
     with open_source(source, name=label) as src:
         if src.height * src.width > max_pixels:

@@ -92,7 +92,13 @@ from segflow.ingest import IGNORE, load_ground_truth, sha256_file
 from segflow.io import DEFAULT_MAX_PIXELS, ImageReadError, read_header
 from segflow.preprocess import to_float_chw
 from segflow.segmenters.base import Segmenter
-from segflow.sources import ArraySource, WindowSource, is_zarr_path, open_source
+from segflow.sources import (
+    ArraySource,
+    WindowSource,
+    is_remote_zarr_uri,
+    is_zarr_path,
+    open_source,
+)
 from segflow.stitch import matched_pairs
 from segflow.tiling import BLEND_MODES, Merger, Window, blend_weights, tile_grid
 
@@ -2056,15 +2062,6 @@ def _final_objects(ctx: _Ctx, *, min_size: int, instances: bool) -> list[Streame
 # ---------------------------------------------------------------------------------------------
 
 
-def is_remote_zarr_uri(uri: str) -> bool:
-    """Whether ``uri`` names a remote Zarr store (a URL ending in ``.zarr``, as listed).
-
-    Decided by the name, without a request: a ``.zarr`` URL that holds no store then fails to
-    open with a clear ``read`` error instead of being fetched whole as a file.
-    """
-    return "://" in uri and uri.rstrip("/").lower().endswith(".zarr")
-
-
 def _local_path(uri: str) -> tuple[str, bool]:
     """A path :func:`open_source` takes for ``uri``: itself (local file, remote Zarr store read
     by window), or a temporary copy of another remote file (True)."""
@@ -2167,9 +2164,10 @@ def process_image_streamed(
 ) -> ImageResult:
     """:func:`segflow.evaluate.process_image` for an image that streams (same rows, same stages).
 
-    Reads the file by window (a remote Zarr store chunk by chunk over fsspec; another remote file
-    is first copied to a temporary local file, in blocks), segments it with :func:`segment_streamed` using the run's tiling options, and builds
-    the ``metrics`` and ``masks`` rows. The sha256 is the listing's (``item.sha256``) or computed
+    Reads the file by window (a remote Zarr store chunk by chunk over fsspec; another remote
+    file is first copied to a temporary local file, in blocks), segments it with
+    :func:`segment_streamed` using the run's tiling options, and builds the ``metrics`` and
+    ``masks`` rows. The sha256 is the listing's (``item.sha256``) or computed
     in blocks. Ground truth, when paired, is read by window too (foreground counts, and instance
     scores with ``gt_format="instances"``). With ``overlay`` and ground truth, the overlay is
     drawn at :data:`OVERLAY_MAX_PIXELS` (the image sampled every ``step`` rows and columns; see

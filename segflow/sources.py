@@ -43,6 +43,7 @@ __all__ = [
     "TiffSource",
     "WindowSource",
     "ZarrSource",
+    "is_remote_zarr_uri",
     "is_zarr_path",
     "open_source",
 ]
@@ -220,6 +221,13 @@ def is_zarr_path(path: str | os.PathLike[str]) -> bool:
         return _is_remote_zarr(p)
     folder = Path(p)
     return folder.is_dir() and any((folder / marker).is_file() for marker in _ZARR_MARKERS)
+
+
+def is_remote_zarr_uri(uri: str) -> bool:
+    """Whether ``uri`` names a remote Zarr store: a URL ending in ``.zarr`` (as listing names
+    one). Decided by the name, without a request: a ``.zarr`` URL that holds no store then
+    fails to open with a clear error instead of being fetched whole as a file."""
+    return "://" in uri and uri.rstrip("/").lower().endswith(".zarr")
 
 
 def _is_remote_zarr(url: str) -> bool:
