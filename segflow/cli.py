@@ -465,8 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--ground-truth",
-        help="folder of label images matching the images' relative paths by stem, or a COCO "
-        "annotation file (.json)",
+        help="folder of label images (or *.zarr label arrays) matching the images' relative "
+        "paths by stem, a COCO annotation file (.json), or ome-labels:NAME for each OME-Zarr "
+        "image's own labels/NAME (ome-labels: takes the first listed)",
     )
     run.add_argument(
         "--gt-format",

@@ -150,8 +150,10 @@ class RunConfig(BaseModel):
     segmenter_params : dict[str, bool | int | float | str]
         Keyword arguments of the segmenter.
     ground_truth : str or None
-        Folder or URL of label images matching the images' relative paths by stem, or a COCO
-        annotation file (``.json``; pairing and label maps: :mod:`segflow.coco`).
+        Folder or URL of label images (or ``*.zarr`` label arrays) matching the images'
+        relative paths by stem, a COCO annotation file (``.json``; pairing and label maps:
+        :mod:`segflow.coco`), or ``"ome-labels:NAME"``: each OME-Zarr image's own label image
+        ``labels/NAME`` (:func:`segflow.ingest.ome_label_uri`).
     gt_format : "binary" | "instances" | "classes"
         How label images are read: non-zero = foreground; each non-zero id one object;
         the value is the class id.

@@ -306,6 +306,52 @@ def hash_items(items: Sequence[ImageItem], *, threads: int = 4) -> list[ImageIte
         return list(pool.map(one, items))
 
 
+#: ``ground_truth="ome-labels:NAME"``: each OME-Zarr image's own label image ``labels/NAME``
+#: inside its store (the OME-NGFF layout); ``"ome-labels:"`` takes the first one listed.
+OME_LABELS = "ome-labels:"
+
+
+def ome_label_uri(store: str, name: str = "") -> str | None:
+    """The label image ``labels/<name>`` of the OME-Zarr image ``store`` (path or URL), or None.
+
+    ``name`` empty: the first label image the store's ``labels`` group lists (its ``labels``
+    attribute, NGFF 0.4, or ``ome.labels``, 0.5). None when the store has no such label image.
+    """
+    import zarr
+
+    base = store.rstrip("/")
+    try:
+        group = zarr.open_group(f"{base}/labels", mode="r")
+        attrs: dict[str, Any] = dict(group.attrs)
+    except Exception:  # no labels group (or not a Zarr store): no ground truth
+        return None
+    listed = attrs.get("labels") or dict(attrs.get("ome") or {}).get("labels") or []
+    chosen = name or (str(listed[0]) if listed else "")
+    if not chosen:
+        return None
+    try:
+        group[chosen]
+    except Exception:
+        return None
+    return f"{base}/labels/{chosen}"
+
+
+def _pair_ome_labels(items: Sequence[ImageItem], name: str) -> list[ImageItem]:
+    out = [
+        replace(item, gt_uri=ome_label_uri(item.uri, name) if _is_zarr_store(item.uri) else None)
+        for item in items
+    ]
+    missing = sum(i.gt_uri is None for i in out)
+    if missing:
+        logger.info(
+            "%d of %d images have no OME-Zarr label image %r",
+            missing,
+            len(items),
+            name or "(the first listed)",
+        )
+    return out
+
+
 def pair_ground_truth(
     items: Sequence[ImageItem],
     ground_truth: str | Path,
@@ -321,11 +367,15 @@ def pair_ground_truth(
 
     Images without a match keep ``gt_uri=None`` (they are segmented, without scores). When several
     label files share a stem, the one whose extension comes first in ``extensions`` wins.
-    A ``.json`` ``ground_truth`` is a COCO annotation file: items get it as ``gt_uri`` and their
+    ``ground_truth="ome-labels:NAME"`` (:data:`OME_LABELS`) pairs each OME-Zarr image with its
+    own label image ``<store>/labels/NAME`` (``"ome-labels:"``: the first one listed); other
+    images get none. A ``.json`` ``ground_truth`` is a COCO annotation file: items get it as ``gt_uri`` and their
     entry's ``file_name`` as ``gt_key`` (pairing rule: :meth:`segflow.coco.CocoGroundTruth.match`).
     """
     from segflow import coco
 
+    if str(ground_truth).startswith(OME_LABELS):
+        return _pair_ome_labels(items, str(ground_truth)[len(OME_LABELS) :])
     if coco.is_coco_path(ground_truth):
         annotations = coco.load_coco(ground_truth)
         out = []

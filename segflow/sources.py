@@ -224,10 +224,13 @@ def is_zarr_path(path: str | os.PathLike[str]) -> bool:
 
 
 def is_remote_zarr_uri(uri: str) -> bool:
-    """Whether ``uri`` names a remote Zarr store: a URL ending in ``.zarr`` (as listing names
-    one). Decided by the name, without a request: a ``.zarr`` URL that holds no store then
+    """Whether ``uri`` names a remote Zarr store or a node inside one: a URL with a path part
+    ending in ``.zarr`` (``.../slide.zarr``, ``.../slide.zarr/labels/nuclei``), as listing
+    names them. Decided by the name, without a request: such a URL that holds no store then
     fails to open with a clear error instead of being fetched whole as a file."""
-    return "://" in uri and uri.rstrip("/").lower().endswith(".zarr")
+    if "://" not in uri:
+        return False
+    return any(part.lower().endswith(".zarr") for part in uri.split("://", 1)[1].split("/"))
 
 
 def _is_remote_zarr(url: str) -> bool:

@@ -33,7 +33,7 @@ from segflow.ingest import ImageItem
 from segflow.io import ImageReadError, read_image
 from segflow.preprocess import to_float_chw
 from segflow.segmenters.base import Segmentation, Segmenter
-from segflow.sources import ArraySource, ZarrSource, open_source
+from segflow.sources import ArraySource, ZarrSource, is_remote_zarr_uri, open_source
 from segflow.synth import huge_header_png
 from segflow.synth_large import NucleiField
 from segflow.tiling import AvgMerger, Window, blend_weights, predict_tiled, tile_grid
@@ -513,6 +513,13 @@ def test_zarr_and_ome_zarr_input(small: tuple[np.ndarray, Path], tmp_path: Path)
     pyr = large.segment_streamed(src, pyr_seg, overview="pyramid")
     assert pyr.info["overview"] == "pyramid level (750, 850)"
     assert abs(len(pyr.objects) - len(res.objects)) <= 0.02 * len(res.objects)
+
+
+def test_remote_zarr_uris_are_known_by_their_path_without_a_request() -> None:
+    for uri in ("http://h/a/slide.zarr", "s3://b/slide.ZARR/", "memory://x/s.zarr/labels/n"):
+        assert is_remote_zarr_uri(uri), uri
+    for uri in ("http://h/a/slide.png", "/local/slide.zarr", "http://h/zarr/x.tif", "s3://b/zarrs"):
+        assert not is_remote_zarr_uri(uri), uri
 
 
 def test_pyramid_overview_used_only_above_overview_size(

@@ -543,6 +543,71 @@ def test_remote_zarr_and_ground_truth_over_http_score_as_on_disk(
     assert again["skipped"] == 2 and again["done"] == 0
 
 
+def _ome_zarr(path: Path, image: np.ndarray, *, labels: dict[str, np.ndarray]) -> None:
+    """An NGFF 0.4 OME-Zarr image (y, x) with label images under ``labels/``."""
+    import zarr
+
+    def multiscales(group: Any, array: np.ndarray) -> None:
+        group.create_array("0", shape=array.shape, chunks=(40, 40), dtype=array.dtype)[:] = array
+        group.attrs["multiscales"] = [
+            {"version": "0.4", "axes": ["y", "x"], "datasets": [{"path": "0"}]}
+        ]
+
+    root = zarr.open_group(str(path), mode="w")
+    multiscales(root, image)
+    if labels:
+        group = root.create_group("labels")
+        group.attrs["labels"] = list(labels)
+        for name, truth in labels.items():
+            label = group.create_group(name)
+            multiscales(label, truth)
+            label.attrs["image-label"] = {"version": "0.4"}
+
+
+def test_ome_zarr_images_are_scored_against_their_own_label_images(
+    dataset: dict[str, Any], tmp_path: Path, file_server: Any
+) -> None:
+    """``ground_truth="ome-labels:NAME"``: each OME-Zarr image's ``labels/NAME``, on disk and over
+    HTTP; the oracle is the same pixels and labels as PNG files, scored in memory."""
+    pytest.importorskip("zarr", reason="Zarr input needs the zarr extra")
+    import cv2
+
+    inp = tmp_path / "www" / "in"
+    inp.mkdir()
+    labels = dataset["root"] / "labels"
+    a, b = [p for p in dataset["good"] if (labels / p.name).exists()][:2]
+    for name, src in (("a", a), ("b", b)):
+        image = read_labels(src).astype(np.uint8)
+        truth = read_labels(labels / src.name)
+        # b's store has a label image of another name only: no truth for "nuclei"
+        other = {"cells": truth} if name == "b" else {"nuclei": truth, "cells": 0 * truth}
+        _ome_zarr(inp / f"{name}.zarr", image, labels=other)
+        (tmp_path / "png" / "images").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "png" / "labels").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "png" / "images" / f"{name}.png"), image)
+        cv2.imwrite(str(tmp_path / "png" / "labels" / f"{name}.png"), truth.astype(np.uint16))
+    shutil.copy(a, inp / "plain.png")  # not an OME-Zarr image: no truth either
+
+    def metrics(input: str, ground_truth: str, out: str) -> pd.DataFrame:
+        config = _config(dataset, tmp_path / out, input=input, ground_truth=ground_truth)
+        state, summary = _run(config)
+        assert state.is_completed() and summary["failed"] == 0, summary
+        return Store(tmp_path / out).read("metrics").set_index("image_id").sort_index()
+
+    cols = ["n_instances", "fg_tp", "fg_fp", "fg_fn", "fg_tn", "inst_tp", "inst_fp", "inst_fn"]
+    local = metrics(str(inp), "ome-labels:nuclei", "local")
+    assert list(local.index) == ["a", "b", "plain"]
+    assert local["has_ground_truth"].tolist() == [True, False, False]
+    oracle = metrics(str(tmp_path / "png" / "images"), str(tmp_path / "png" / "labels"), "oracle")
+    assert local.loc["a", cols].tolist() == oracle.loc["a", cols].tolist()
+    assert local.loc["a", "inst_f1"] == pytest.approx(oracle.loc["a", "inst_f1"], rel=1e-12)
+    # over HTTP, "ome-labels:" takes the first label image listed: a -> nuclei, b -> cells
+    remote = metrics(f"{file_server.url}/in", "ome-labels:", "remote")
+    assert remote["has_ground_truth"].tolist() == [True, True, False]
+    assert remote.loc["a", cols].tolist() == local.loc["a", cols].tolist()
+    assert remote.loc["b", cols].tolist() == oracle.loc["b", cols].tolist()
+
+
 def test_http_credentials_given_to_fsspec_stay_out_of_rows_files_and_logs(
     dataset: dict[str, Any],
     tmp_path: Path,
