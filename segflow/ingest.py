@@ -151,7 +151,7 @@ def _list_files(
         parts = rel.split("/")
         if any(part.startswith(".") and not _zarr_metadata(part) for part in parts):
             continue
-        store = _zarr_store(parts) if zarr else None
+        store = zarr_store_of(parts) if zarr else None
         if store is not None:
             if store.count("/") and not recursive:
                 continue
@@ -179,7 +179,7 @@ def _zarr_metadata(name: str) -> bool:
     return name in (".zarray", ".zgroup", ".zattrs", ".zmetadata")
 
 
-def _zarr_store(parts: list[str]) -> str | None:
+def zarr_store_of(parts: list[str]) -> str | None:
     """The relative path of the outermost ``*.zarr`` folder holding a file, if any."""
     for i, part in enumerate(parts[:-1]):
         if part.lower().endswith(".zarr"):

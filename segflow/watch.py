@@ -18,8 +18,9 @@ as ``2026-11-25T0300-scope3``). A batch counts as complete when, checked in this
    ``*.partial``, ``*.crdownload``, ``*.filepart``, ``*.!sync``, ``~$*``).
 
 Whatever the mode, a batch must hold at least one image (a file whose name ends with one of the
-extensions, hidden files and folders excluded — the same rule as :func:`segflow.ingest.list_images`)
-to count; ``n_images`` is that count.
+extensions, hidden files and folders excluded — the same rule as :func:`segflow.ingest.list_images`;
+a ``*.zarr`` store is one image) to count; ``n_images`` is that count. A manifest lists files:
+for a Zarr store, list its files (or use the marker).
 
 **State.** :class:`BatchWatcher` keeps a small JSON file (``state_path``, always local): the batches
 already announced (name, URI, image count, reason, fingerprint, time) and the quiet-period timers
@@ -54,6 +55,7 @@ from typing import Any, Literal
 import fsspec
 
 from segflow.config import DEFAULT_EXTENSIONS, mask_url_credentials, url_has_credentials
+from segflow.ingest import zarr_store_of
 
 __all__ = [
     "DEFAULT_MANIFESTS",
@@ -233,14 +235,20 @@ def list_batch(
     path = path.rstrip("/")
     prefix = path + "/"
     files: dict[str, tuple[int, str]] = {}
-    images: list[str] = []
+    images: set[str] = set()
+    zarr = ".zarr" in exts
     for full, info in fs.find(path, withdirs=False, detail=True).items():
         if info.get("type", "file") != "file" or not str(full).startswith(prefix):
             continue
         rel = str(full)[len(prefix) :]
         files[rel] = (int(info.get("size") or 0), _mtime(info))
-        if not _is_hidden(rel) and rel.lower().endswith(exts):
-            images.append(rel)
+        parts = rel.split("/")
+        store = zarr_store_of(parts) if zarr else None
+        if store is not None:  # a Zarr store is one image, as segflow.ingest lists it
+            if not _is_hidden(store):  # (its own metadata files may start with a dot)
+                images.add(store)
+        elif not _is_hidden(rel) and rel.lower().endswith(exts):
+            images.add(rel)
     return BatchListing(
         name=posixpath.basename(path), uri=uri, files=files, images=tuple(sorted(images))
     )

@@ -446,3 +446,38 @@ def test_an_inbox_url_with_credentials_is_refused_without_echoing_them(tmp_path:
     assert "https://***@inbox.example/batches" in str(info.value)
     assert "s3cr3t" not in str(info.value) and "bob" not in str(info.value)
     assert not (tmp_path / "state").exists()  # nothing written
+
+
+def test_zarr_stores_in_a_batch_count_as_one_image_each(inbox: Path, tmp_path: Path) -> None:
+    """A batch of OME-Zarr slides is announced with one image per store, as the run lists them."""
+    zarr = pytest.importorskip("zarr", reason="Zarr input needs the zarr extra")
+    from segflow.config import DEFAULT_EXTENSIONS
+    from segflow.ingest import list_images
+
+    batch = inbox / "slides-1"
+    zarr.create_array(store=str(batch / "a.zarr"), shape=(40, 40), chunks=(16, 16), dtype="u1")[
+        :
+    ] = 1
+    zarr.create_array(
+        store=str(batch / "sub" / "b.zarr"),
+        shape=(40, 40),
+        chunks=(16, 16),
+        dtype="u1",
+        zarr_format=2,
+    )[:] = 1
+    write(batch / "c.png")
+    write(batch / "_READY", b"")
+    listing = list_batch(str(batch))
+    assert listing.images == ("a.zarr", "c.png", "sub/b.zarr")
+    run_items = list_images(batch, extensions=DEFAULT_EXTENSIONS)  # what the run will list
+    assert listing.images == tuple(i.rel_path for i in run_items)
+    got, emit = collect()
+    watcher(inbox, tmp_path).poll(emit)
+    assert [(b.name, b.n_images) for b in got] == [("slides-1", 3)]
+    # a batch of stores only is announced too (it used to wait for "an image" forever)
+    only = inbox / "slides-2"
+    zarr.create_array(store=str(only / "s.zarr"), shape=(8, 8), dtype="u1")[:] = 1
+    write(only / "_READY", b"")
+    got, emit = collect()
+    watcher(inbox, tmp_path).poll(emit)
+    assert [(b.name, b.n_images) for b in got] == [("slides-2", 1)]
