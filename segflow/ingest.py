@@ -119,7 +119,9 @@ def _list_files(
             except FileNotFoundError:
                 pass
             except Exception as exc:
-                raise OSError(f"cannot list input folder {source!r}: {exc}") from exc
+                refused = getattr(exc, "status", None) in (401, 403)  # aiohttp, not transient
+                error = PermissionError if refused else OSError
+                raise error(f"cannot list input folder {source!r}: {exc}") from exc
         raise FileNotFoundError(f"input folder {source!r} does not exist")
     if not fs.isdir(root):
         raise ValueError(f"input {source!r} is a file; give the folder that holds the images")

@@ -18,7 +18,7 @@ def _transient(task: Any, task_run: Any, state: State[Any]) -> bool:
     """Retry listing on I/O hiccups (remote stores), not on a missing or wrong input folder."""
     try:
         state.result()
-    except (FileNotFoundError, NotADirectoryError, ValueError):
+    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError):
         return False
     except Exception:
         return True

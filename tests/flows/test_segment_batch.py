@@ -640,8 +640,18 @@ def test_http_credentials_given_to_fsspec_stay_out_of_rows_files_and_logs(
         input=f"{file_server.url}/in",
         ground_truth=f"{file_server.url}/gt",
     )
-    with pytest.raises(Exception, match="401"):  # without it the listing is refused
-        _run(config)
+    from flows.segment_batch import segment_batch
+    from segflow.ingest import list_images
+
+    with pytest.raises(PermissionError, match="401"):  # without it the listing is refused
+        list_images(config.input)
+    one_try = len(file_server.requests)
+    refused = segment_batch(config, return_state=True)
+    assert refused.is_failed()
+    with pytest.raises(PermissionError, match="401"):
+        refused.result()
+    # a refusal is not retried as a transient error (the task's 2 retries)
+    assert len(file_server.requests) == 2 * one_try
     monkeypatch.setitem(fsspec.config.conf, "http", {"headers": {"Authorization": secret}})
     caplog.set_level("DEBUG")
     state, summary = _run(config)
