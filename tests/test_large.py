@@ -522,6 +522,49 @@ def test_remote_zarr_uris_are_known_by_their_path_without_a_request() -> None:
         assert not is_remote_zarr_uri(uri), uri
 
 
+def test_ome_zarr_written_by_the_reference_writer_is_scored_against_its_labels(
+    tmp_path: Path,
+) -> None:
+    """An OME-Zarr image and label image written by ome-zarr-py (NGFF 0.5, a 5-level pyramid):
+    listed, paired with ``ome-labels:``, streamed; the oracle is the writer's own input arrays
+    segmented and scored in memory."""
+    writer = pytest.importorskip(
+        "ome_zarr.writer", reason="the reference OME-Zarr writer (ome-zarr, dev extra)"
+    )
+    zarr = pytest.importorskip("zarr", reason="Zarr input needs the zarr extra")
+    from segflow.ingest import hash_items, list_images, pair_ground_truth
+
+    image, truth = NucleiField(700, 900, spacing=40, radius=(4.0, 11.0), seed=2).render(
+        y=0, x=0, h=700, w=900
+    )
+    root = zarr.open_group(str(tmp_path / "in" / "slide.zarr"), mode="w")
+    writer.write_image(image=image, group=root, axes="yx")
+    writer.write_labels(labels=truth.astype(np.uint32), group=root, name="nuclei", axes="yx")
+    items = pair_ground_truth(
+        hash_items(list_images(tmp_path / "in", extensions=(".zarr",))), "ome-labels:"
+    )
+    [item] = items
+    assert item.rel_path == "slide.zarr" and str(item.gt_uri).endswith("slide.zarr/labels/nuclei")
+    cfg = RunConfig(
+        input=str(tmp_path / "in"),
+        out=str(tmp_path / "out"),
+        ground_truth="ome-labels:",
+        gt_format="instances",
+        segmenter_params={"min_size": 10},
+    )
+    got = evaluate.process_image(
+        item, config=cfg, segmenter=cfg.create_segmenter(), run_id="r", config_hash="c"
+    )
+    seg = segment_image(
+        cfg.create_segmenter(), to_float_chw(image), tile=cfg.tile, overlap=cfg.overlap
+    )
+    want = evaluate.metrics_row(seg, truth.astype(np.int32), gt_format="instances", ids={})
+    keys = ("n_instances", "fg_tp", "fg_fp", "fg_fn", "fg_tn", "inst_tp", "inst_fp", "inst_fn")
+    assert [got.metrics[k] for k in keys] == [want[k] for k in keys]
+    assert got.metrics["inst_f1"] == pytest.approx(want["inst_f1"], rel=1e-12)
+    assert got.metrics["inst_f1"] > 0.9  # the generator's nuclei are found
+
+
 def test_pyramid_overview_used_only_above_overview_size(
     field3k: tuple[NucleiField, Path, Path],
 ) -> None:
