@@ -289,7 +289,9 @@ def _manifest_entries(text: str, *, json_format: bool) -> list[tuple[str, int | 
 def check_manifest(text: str, listing: BatchListing, *, json_format: bool) -> list[str]:
     """The manifest's files that are missing from ``listing`` (or have another size); ``[]`` = complete.
 
-    Raises ``ValueError`` for a manifest that cannot be parsed, or lists no file.
+    Raises ``ValueError`` for a manifest that cannot be parsed, lists no file, or names a folder
+    (a ``*.zarr`` store, say: whether all its chunks have arrived cannot be told from its name,
+    and a missing chunk reads as zeros, so its files must be listed, or the marker used).
     """
     entries = _manifest_entries(text, json_format=json_format)
     if not entries:
@@ -298,6 +300,11 @@ def check_manifest(text: str, listing: BatchListing, *, json_format: bool) -> li
     for rel, size in entries:
         rel = posixpath.normpath(rel.strip("/"))
         found = listing.files.get(rel)
+        if found is None and any(f.startswith(rel + "/") for f in listing.files):
+            raise ValueError(
+                f"the manifest names the folder {rel!r}; list the files in it, or complete "
+                "the batch with the marker file"
+            )
         if found is None or (size is not None and found[0] != size):
             missing.append(rel)
     return missing

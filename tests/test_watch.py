@@ -194,6 +194,19 @@ def test_check_manifest_reports_missing(tmp_path: Path) -> None:
     assert check_manifest('[{"path": "a.png", "size": 3}]', listing, json_format=True) == []
 
 
+def test_a_manifest_naming_a_folder_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    """A store's chunks may still be arriving: a manifest must list its files, not its name."""
+    batch = tmp_path / "b"
+    write(batch / "s.zarr" / "zarr.json", b"{}")
+    write(batch / "s.zarr" / "c" / "0" / "0", b"chunk")
+    listing = list_batch(str(batch))
+    with pytest.raises(ValueError, match=r"names the folder 's\.zarr'; list the files"):
+        check_manifest('["s.zarr"]', listing, json_format=True)
+    files = '["s.zarr/zarr.json", "s.zarr/c/0/0"]'
+    assert check_manifest(files, listing, json_format=True) == []
+    assert check_manifest('["s.zarr/c/0/1"]', listing, json_format=True) == ["s.zarr/c/0/1"]
+
+
 # -- quiet period ---------------------------------------------------------------------------
 
 
