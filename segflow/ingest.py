@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, Literal
 import fsspec
 import numpy as np
 
-from segflow.io import DEFAULT_MAX_PIXELS, ImageReadError, read_labels
+from segflow.io import DEFAULT_MAX_PIXELS, ImageReadError, labels_from_array, read_labels
 from segflow.sources import is_remote_zarr_uri, is_zarr_path, open_source
 
 __all__ = [
@@ -240,7 +240,7 @@ def sha256_file(uri: str) -> str:
     """
     if not _has_protocol(uri) and Path(uri).is_dir():
         return _sha256_folder(Path(uri))
-    if _has_protocol(uri) and is_remote_zarr_uri(uri):
+    if is_remote_zarr_uri(uri):
         fs, root = fsspec.core.url_to_fs(uri)
         if fs.isdir(root):
             return _sha256_remote_folder(fs, root.rstrip("/"))
@@ -470,15 +470,7 @@ def _read_zarr_labels(source: str, *, name: str | None, max_pixels: int) -> np.n
             )
         if len(src.shape) != 2:
             raise ImageReadError(label, f"a label array must be 2-D (H, W), got {src.shape}")
-        labels = src.read(y=0, x=0, h=src.height, w=src.width)
-    if labels.dtype.kind == "f":
-        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise ImageReadError(label, "float label values must be whole numbers")
-    elif labels.dtype.kind not in "biu":
-        raise ImageReadError(label, f"label dtype {labels.dtype} is not integer")
-    if labels.size and (labels.max() > np.iinfo(np.int32).max):
-        raise ImageReadError(label, "label values exceed the int32 range")
-    return labels.astype(np.int32)
+        return labels_from_array(src.read(y=0, x=0, h=src.height, w=src.width), label)
 
 
 def load_ground_truth(

@@ -70,10 +70,12 @@ from PIL import Image, ImageFile
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "FORMATS",
+    "TIFF_MAGIC",
     "ImageHeader",
     "ImageReadError",
     "TiffWindowReader",
     "image_shape",
+    "labels_from_array",
     "read_header",
     "read_image",
     "read_labels",
@@ -92,6 +94,8 @@ FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: First 4 bytes of a TIFF (classic / BigTIFF, little / big endian).
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _JPEG_COMPRESSIONS = frozenset({6, 7, 33007, 34892})
 _EXIF_ORIENTATION = 0x0112
 
@@ -158,7 +162,7 @@ def _sniff(head: bytes) -> str | None:
         return "PNG"
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    if head[:4] in TIFF_MAGIC:
         return "TIFF"
     if head.startswith((b"GIF87a", b"GIF89a")):
         return "GIF"
@@ -886,10 +890,12 @@ def read_labels(
         arr = _read_tiff(loaded, max_pixels=max_pixels, labels=True)
     else:
         arr = _decode(loaded, max_pixels=max_pixels, labels=True)
-    return _labels_from_array(arr, loaded.name)
+    return labels_from_array(arr, loaded.name)
 
 
-def _labels_from_array(arr: np.ndarray, label: str) -> np.ndarray:
+def labels_from_array(arr: np.ndarray, label: str) -> np.ndarray:
+    """A decoded label array as ``(H, W) int32`` under :func:`read_labels`' rules (grey-equal
+    channels collapsed, whole-number floats, int32 range); ``label`` names it in errors."""
     if arr.ndim == 3:
         channels = arr.shape[2]
         colour = arr[..., :3] if channels in (3, 4) else arr[..., :1] if channels == 2 else arr

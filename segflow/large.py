@@ -69,7 +69,6 @@ formats that must be decoded whole keep the in-memory path and its decompression
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import math
@@ -89,7 +88,7 @@ from segflow import metrics as M
 from segflow import postprocess
 from segflow import rle as R
 from segflow.ingest import IGNORE, load_ground_truth, sha256_file
-from segflow.io import DEFAULT_MAX_PIXELS, ImageReadError, read_header
+from segflow.io import DEFAULT_MAX_PIXELS, TIFF_MAGIC, ImageReadError, read_header
 from segflow.preprocess import to_float_chw
 from segflow.segmenters.base import Segmenter
 from segflow.sources import (
@@ -268,11 +267,7 @@ def should_stream(
         pixels = _remote_tiff_pixels(p)
         if pixels is None:
             return False  # not a TIFF, or no header: the normal path reports it
-        return (
-            mode == "always"
-            or pixels > threshold
-            or (max_pixels is not None and pixels > max_pixels)
-        )
+        return _above(pixels, mode=mode, threshold=threshold, max_pixels=max_pixels)
     if is_zarr_path(p) or (p.lower().rstrip("/").endswith(".zarr") and os.path.isdir(p)):
         # a Zarr store has no whole-file form: it is always read by window (and a *.zarr folder
         # without metadata fails there with a clear reason)
@@ -284,7 +279,7 @@ def should_stream(
             head = fh.read(4)
     except OSError:
         return False  # the normal path reports the unreadable file
-    if head not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    if head not in TIFF_MAGIC:
         return False
     if mode == "always":
         return True
@@ -292,8 +287,16 @@ def should_stream(
         header = read_header(p)
     except ImageReadError:
         return False  # the normal path reports the corrupt file
-    pixels = header.height * header.width
-    return pixels > threshold or (max_pixels is not None and pixels > max_pixels)
+    return _above(
+        header.height * header.width, mode=mode, threshold=threshold, max_pixels=max_pixels
+    )
+
+
+def _above(pixels: int, *, mode: str, threshold: int, max_pixels: int | None) -> bool:
+    """The switch for a TIFF of ``pixels``: ``always``, or above the threshold or the guard."""
+    return (
+        mode == "always" or pixels > threshold or (max_pixels is not None and pixels > max_pixels)
+    )
 
 
 def _remote_tiff_pixels(url: str) -> int | None:
@@ -304,7 +307,7 @@ def _remote_tiff_pixels(url: str) -> int | None:
 
     try:
         with fsspec.open(url, "rb") as fh:
-            if fh.read(4) not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            if fh.read(4) not in TIFF_MAGIC:
                 return None
             fh.seek(0)
             with tifffile.TiffFile(fh) as tif:
@@ -2077,14 +2080,6 @@ def _local_path(uri: str) -> tuple[str, bool]:
     return tmp, True
 
 
-def _sha256_path(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def result_rows(
     result: StreamedSegmentation, *, ids: Mapping[str, Any], mask_ids: Mapping[str, Any]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -2190,7 +2185,7 @@ def process_image_streamed(
         path, is_tmp = _local_path(item.uri)
         if is_tmp:
             tmp_files.append(path)
-        sha = item.sha256 or (_sha256_path(path) if is_tmp else sha256_file(path))
+        sha = item.sha256 or sha256_file(path)
         src = open_source(path, name=item.rel_path)
         opened.append(src)
         t_read = (time.perf_counter() - t0) * 1000.0
@@ -2280,7 +2275,7 @@ def _truth_source(path: str, config: Any) -> WindowSource:
         return open_source(path)
     with open(path, "rb") as fh:
         head = fh.read(4)
-    if head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    if head in TIFF_MAGIC:
         return open_source(path, labels=True)
     from segflow.io import read_labels
 
